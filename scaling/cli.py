@@ -146,7 +146,7 @@ def _cmd_launch(args: argparse.Namespace) -> int:
     executor = launch.make_executor(sweep, root, args.executor, args.per_gpu)
     n_runs = len(sweep.runs) + sum(len(g.points) + 1 for g in sweep.branches)  # + 1: each size's trunk
     print(f"launching {n_runs} run(s) of {sweep.name} with the {executor.describe()} -> {root}")
-    launch.launch(sweep, args.results, executor, progress=not args.no_progress)
+    launch.launch(sweep, args.results, executor, progress=not args.no_progress, resume_command=_same_command(args))
     print(f"done: {root / 'runs.parquet'}  (fit it with: scaling fit {root})")
     return 0
 
@@ -168,6 +168,14 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: checkpointed on a signal; run the same command again to resume
+EXIT_CTRL_C = 130  # 128 + SIGINT, what shells report for a command stopped by Ctrl-C
+
+
+def _same_command(args: argparse.Namespace) -> str:
+    """The command line this process was started with, which continues an interrupted command."""
+    import shlex
+
+    return shlex.join(["scaling", *args.argv])
 
 if TYPE_CHECKING:
     from scaling.config import RunConfig
@@ -230,11 +238,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     result = train.train(cfg, out, verbose=not args.quiet)
     val = f"{result.val_loss:.4f} ± {result.val_loss_se or 0:.4f}" if result.val_loss is not None else "n/a"
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one summary line from rank 0
+        resume = f"; re-run `{_same_command(args)}` to continue" if result.status == "interrupted" else ""
         print(f"{cfg.name}: {result.status} at step {result.steps}/{cfg.steps}, val_loss {val}, "
-              f"{result.train_time_s:.1f} s -> {out}")
+              f"{result.train_time_s:.1f} s -> {out}{resume}")
     if result.status == "done":
         return 0
-    return EXIT_INTERRUPTED if result.status == "interrupted" else EXIT_FAILED
+    if result.status != "interrupted":
+        return EXIT_FAILED
+    return EXIT_CTRL_C if result.signal == "SIGINT" else EXIT_INTERRUPTED
 
 
 def _add_sample(sub: argparse._SubParsersAction) -> None:
@@ -412,9 +423,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                               "run scaling fit --approach 3 (or all)")
         preds.append(fit.predict(fits["approach3"], args.params, args.tokens, ci=args.ci))
     if args.flops is not None:
-        usable = [f for k, f in fits.items() if k in ("approach1", "approach2", "approach3")]
+        usable = [f for k, f in fits.items() if k in ("approach1", "approach2", "approach3") and f.usable]
         if not usable:
-            raise ConfigError(f"--fit {args.fit} has no Approach 1, 2 or 3 fit to allocate compute with")
+            raise ConfigError(f"--fit {args.fit} has no usable Approach 1, 2 or 3 fit to allocate compute with "
+                              "(see scaling fit's messages); add runs and refit")
         preds += [fit.predict_optimal(f, args.flops, ci=args.ci) for f in usable]
     if args.json:
         out = [p.to_dict() for p in preds]
@@ -445,10 +457,32 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0 if all(r.inside for r in rows) else 1
 
 
+# ----------------------------------------------------------------------------- demo
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo", help="the whole loop on a CPU: prepare, plan, train a sweep, fit, predict a larger model, train it, compare",
+        description="Runs every stage on this machine's CPU (no GPU, no network) into --out; about 5-6 minutes on 2 "
+                    "cores (--quick: about 1.5 minutes). Interrupt it any time: the same command continues.")
+    p.add_argument("--out", default="demo", help="folder for data, specs, results and the report (default demo/)")
+    p.add_argument("--quick", action="store_true", help="smaller budgets, eval and bootstrap (what CI runs)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (stage banners still print)")
+    p.set_defaults(func=_cmd_demo)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from scaling import demo
+
+    result = demo.run_demo(args.out, quick=args.quick, progress=not args.no_progress)
+    print(demo.format_demo(result))
+    return 0
+
+
 # ----------------------------------------------------------------------------- main
 
 _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_plan, _add_launch, _add_status, _add_train, _add_sample, _add_prepare,
-                                                                 _add_fit, _add_predict, _add_validate]
+                                                                 _add_fit, _add_predict, _add_validate, _add_demo]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -468,11 +502,12 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI; return the exit code (0 ok, 2 user error, 130 interrupted)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else argv
     try:
         return int(args.func(args) or 0)
     except ScalingError as e:
         print(f"scaling {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print(f"scaling {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # scaling.launch.LaunchInterrupted says how to continue
+        print(f"scaling {args.command}: {e or 'interrupted'}", file=sys.stderr)
+        return EXIT_CTRL_C

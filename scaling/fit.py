@@ -6,12 +6,14 @@ loss L, read from results folders or from a CSV/Parquet table (``load_points``).
 
 Every fit returns a ``FitResult``. Data that cannot support a fit (too few runs, one budget,
 NaN losses, a missing column) raises ``FitError``; an optimizer that fails on valid data is
-reported in the result (``success`` False, ``status``, ``message``), never raised.
+reported in the result (``success`` False, ``status``, ``message``), never raised, and so is an
+Approach 3 law the data do not identify (status 4), whose predictions then raise ``FitError``.
 
 Bootstrap: the resampling unit is the run (each run is drawn with replacement; a repeated run
 counts twice), ``n_bootstrap`` resamples from ``numpy.random.default_rng(seed)``, percentile
 intervals at level ``ci``. Approach 2 resamples runs within each budget (stratified), so each
-IsoFLOP profile keeps its size. A resample that yields no fit is dropped and counted.
+IsoFLOP profile keeps its size. A resample that yields no fit, or (Approach 3) a law the data do
+not identify, is dropped and counted.
 
 This module also holds the published laws the planner and the reports compare against.
 """
@@ -36,8 +38,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ParametricLaw", "AllocationLaw", "PUBLISHED_LAWS", "CHINCHILLA_TABLE3", "APPROACHES", "FitData",
-    "FitResult", "Prediction", "ValidationRow", "load_points", "hoffmann_grid", "fit_approach1",
-    "fit_approach2", "fit_approach3", "fit_kaplan", "pareto_frontier", "fit_all", "predict",
+    "FitResult", "Prediction", "ValidationRow", "load_points", "hoffmann_grid", "iso_flop_optimum",
+    "fit_approach1", "fit_approach2", "fit_approach3", "fit_kaplan", "pareto_frontier", "fit_all", "predict",
     "predict_optimal", "validate", "save_fits", "load_fits",
 ]
 
@@ -377,7 +379,9 @@ _STATUS = {
     1: "optimizer did not converge; best point kept",
     2: "the data define no optimum",
     3: "fewer than 90% of bootstrap resamples gave a fit; intervals may be too narrow",
+    4: "the data do not identify the law",
 }
+_NO_LAW = (2, 4)  # statuses whose parameters draw and predict nothing (see FitResult.usable)
 
 
 def _status(code: int, detail: str = "") -> dict[str, Any]:
@@ -392,8 +396,9 @@ class FitResult:
 
     ``params`` holds the fitted and derived quantities (``*_ref``: at C = ``details["ref_flops"]``,
     the largest C fitted), ``intervals`` their bootstrap percentile intervals at level ``ci``
-    (None where no bootstrap ran). ``samples`` are the bootstrap draws predictions need;
-    ``residuals`` are the full-data fit's log-space residuals (log L − log L̂ for Approach 3 and
+    (None where no bootstrap ran); ``n_bootstrap_degenerate`` resamples gave a law the data do
+    not identify (Approach 3) and were dropped. ``samples`` are the bootstrap draws predictions
+    need; ``residuals`` are the full-data fit's log-space residuals (log L − log L̂ for Approach 3 and
     the Kaplan forms, log N_opt about its line for Approaches 1 and 2). ``details`` holds
     per-method data for plots, JSON-native. Messages come from one status table, ``_STATUS``.
     """
@@ -411,6 +416,7 @@ class FitResult:
     n_bootstrap: int
     n_bootstrap_ok: int
     seed: int
+    n_bootstrap_degenerate: int = 0
     fun: float | None = None
     residual_sd: float | None = None
     notes: tuple[str, ...] = ()
@@ -427,17 +433,37 @@ class FitResult:
             ci = f"  [{iv[0]:.4g}, {iv[1]:.4g}]" if iv else ""
             lines.append(f"  {k:>{width}}: {v:.4g}{ci}")
         lines += [f"  n_points: {self.n_points}  n_runs: {self.n_runs}  conventions: {self.conventions}",
-                  f"  bootstrap: {self.n_bootstrap_ok}/{self.n_bootstrap} resamples, seed {self.seed}, "
-                  f"{self.ci:.0%} percentile intervals"]
+                  f"  bootstrap: {self.n_bootstrap_ok}/{self.n_bootstrap} resamples"
+                  + (f" ({self.n_bootstrap_degenerate} not identified, dropped)" if self.n_bootstrap_degenerate else "")
+                  + f", seed {self.seed}, {self.ci:.0%} percentile intervals"]
         return "\n".join(lines)
 
+    @property
+    def usable(self) -> bool:
+        """Whether the fit has a law to draw: not where the data define no optimum (status 2, NaN
+        parameters) or do not identify the law (status 4, whose predictions raise FitError)."""
+        return self.status not in _NO_LAW
+
     def law(self) -> ParametricLaw:
-        """The fitted L(N, D) (Approach 3 only)."""
+        """The fitted L(N, D) (Approach 3 only).
+
+        Raises
+        ------
+        FitError
+            Not an Approach 3 fit, or one the data do not identify (status 4).
+        """
         if self.method != "approach3":
             raise FitError(f"{self.method} fits no L(N, D); use the approach3 fit (scaling fit --approach 3)")
+        if self.status == 4:
+            raise FitError(f"the approach3 fit predicts nothing: {self.message}")
         p = self.params
         return ParametricLaw(p["E"], p["A"], p["B"], p["alpha"], p["beta"], name="fit",
                              params_convention=self.conventions.get("params", "total"))
+
+    def optimal(self, flops: Any) -> tuple[Any, Any]:
+        """Compute-optimal (N, D) at C = ``flops`` (Approach 3 only), under the FLOP convention
+        the fit was made with (``details["allocation"]`` says how; see ``iso_flop_optimum``)."""
+        return iso_flop_optimum(self.law(), flops, self.details.get("flops_ratio"))
 
     def to_dict(self, draws: bool = True) -> dict[str, Any]:
         """A JSON-safe dict of every field (NaN and inf become None); ``draws=False`` leaves out
@@ -579,6 +605,10 @@ def _one_blas_thread() -> Iterator[None]:
     """
     import ctypes
 
+    # The block runs scipy.optimize, whose OpenBLAS is only mapped once it is imported: import it
+    # first, or the first fit of a process runs with all of that library's threads.
+    import scipy.optimize  # noqa: F401
+
     try:
         with open("/proc/self/maps") as maps:
             paths = sorted({ln.split()[-1] for ln in maps if "openblas" in ln.lower() and ".so" in ln})
@@ -615,12 +645,129 @@ def _lbfgs(x0: np.ndarray, args: tuple[np.ndarray, ...]) -> Any:
                     options={"maxiter": 5000, "ftol": 1e-14, "gtol": 1e-9, "maxls": 50})
 
 
-def _approach3_params(theta: np.ndarray, ref_flops: float) -> dict[str, np.ndarray]:
-    law = ParametricLaw(E=np.exp(theta[:, 2]), A=np.exp(theta[:, 0]), B=np.exp(theta[:, 1]),
-                        alpha=theta[:, 3], beta=theta[:, 4])
-    n, d = law.optimal(ref_flops)
-    return {"E": law.E, "A": law.A, "B": law.B, "alpha": law.alpha, "beta": law.beta, "G": law.G,
-            "a": law.a, "b": 1.0 - law.a, "N_opt_ref": n, "D_opt_ref": d, "tokens_per_param_ref": d / n}
+def _approach3_params(theta: np.ndarray, ref_flops: float,
+                      ratio: dict[str, list[float]] | None) -> dict[str, np.ndarray]:
+    """Fitted and derived quantities of K rows of (a, b, e, alpha, beta), allocated at ``ref_flops``."""
+    # A row outside the identified domain can overflow here; it is reported, never predicted with.
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        law = ParametricLaw(E=np.exp(theta[:, 2]), A=np.exp(theta[:, 0]), B=np.exp(theta[:, 1]),
+                            alpha=theta[:, 3], beta=theta[:, 4])
+        n, d = iso_flop_optimum(law, ref_flops, ratio)
+        return {"E": law.E, "A": law.A, "B": law.B, "alpha": law.alpha, "beta": law.beta, "G": law.G,
+                "a": law.a, "b": 1.0 - law.a, "N_opt_ref": n, "D_opt_ref": d, "tokens_per_param_ref": d / n}
+
+
+# --- identification: where the data pin L = E + A/N^alpha + B/D^beta down
+# An exponent near 0 turns its term into a constant that E absorbs; a large one turns it into a
+# step, 0 past the smallest size, with A or B growing without bound to place the step; a term
+# below _MIN_TERM of the loss at every run is 0 as far as the data go. Published exponents are
+# 0.28-0.37 (Hoffmann et al. 2022, Eq. 10; Besiroglu et al. 2024, Eq. 3) and Hoffmann's starts
+# reach 2; an exponent of 3 means a term that falls 1000x per decade.
+_EXPONENT_RANGE = (0.01, 3.0)
+_MIN_TERM = 1e-4
+_LOG_MAX = math.log(np.finfo(float).max)  # exp() of more overflows
+
+
+def _too_few_values(lN: np.ndarray, lD: np.ndarray, w: np.ndarray) -> str | None:
+    """Why runs of weight ``w`` cannot identify the law by their spread alone, or None."""
+    for x, lx, more in (("N", lN, "sizes"), ("D", lD, "token counts")):
+        if np.unique(lx[w > 0]).size < 2:
+            return (f"all runs have one {x} ({math.exp(lx[w > 0][0]):.3g}): the data do not constrain "
+                    f"{x}'s term; add {more} / budgets")
+    return None
+
+
+def _outside_domain(theta: np.ndarray, lN: np.ndarray, lD: np.ndarray,
+                    lL: np.ndarray) -> list[tuple[str, np.ndarray, np.ndarray, str]]:
+    """The identification checks on K rows of (a, b, e, alpha, beta).
+
+    Returns (label, rows that fail, value, message template with ``{v}``) per check. E = exp(e)
+    is never negative: an optimum that wants E <= 0 runs e toward −inf, a boundary optimum whose
+    predictions stay finite, so it passes.
+    """
+    lo, hi = _EXPONENT_RANGE
+    checks = [("not finite", ~np.isfinite(theta).all(1), np.zeros(len(theta)),
+               "a parameter is not finite (the optimizer diverged); add sizes / budgets")]
+    for i, (ex, x, lx, more) in enumerate((("alpha", "N", lN, "sizes"), ("beta", "D", lD, "token counts"))):
+        coef, k, c = "AB"[i], theta[:, 3 + i], theta[:, i]
+        rel = c - k * lx.min() - lL.min()  # log of the term at the smallest x, over the smallest loss
+        checks += [
+            (f"{ex} -> 0", k < lo, k, f"{ex} -> 0 ({{v:.3g}}): the data do not constrain {x}'s term (a constant, "
+             f"merged with E); add {more} / budgets"),
+            (f"{ex} -> inf", k > hi, k, f"{ex} -> inf ({{v:.3g}}): {x}'s term vanishes past the smallest {x}; the "
+             f"data do not constrain it; add {more} / budgets"),
+            (f"{coef} overflows", c > _LOG_MAX, c, f"{coef} overflows (log {coef} = {{v:.4g}}): the data do not "
+             f"constrain {x}'s term; add {more} / budgets"),
+            (f"{coef}/{x}^{ex} -> 0", rel < math.log(_MIN_TERM), np.exp(np.minimum(rel, 0.0)),
+             f"{coef}/{x}^{ex} -> 0 (at most {{v:.2g}} of the loss): the loss does not depend on {x} over the "
+             f"runs; add {more} / budgets"),
+        ]
+    return checks
+
+
+def _drop_outside_domain(thetas: np.ndarray, lN: np.ndarray, lD: np.ndarray, lL: np.ndarray) -> dict[str, int]:
+    """Set the bootstrap draws (rows; NaN = failed) outside the identified domain to NaN in
+    place; return how many per reason, each draw counted under its first."""
+    ran = np.flatnonzero(np.isfinite(thetas).all(1))
+    out, counts = np.zeros(ran.size, bool), {}
+    for label, bad, _, _ in _outside_domain(thetas[ran], lN, lD, lL):
+        counts[label] = int((bad & ~out).sum())
+        out |= bad
+    thetas[ran[out]] = np.nan
+    return counts
+
+
+# --- allocation under a FLOP convention
+_ALLOCATION_6ND = "closed form under C = 6·N·D: N_opt = G·(C/6)^a (Hoffmann et al. 2022, Eq. 4)"
+_ALLOCATION_RATIO = ("numeric under C = f(N)·N·D, f = the runs' C/(N·D) interpolated in log N (held at the "
+                     "end values beyond the sizes trained): N_opt minimises L(N, C/(f(N)·N))")
+_ISO_SPAN, _ISO_GRID, _GOLDEN_STEPS = 5.0, 201, 30
+
+
+def _flops_ratio(data: FitData) -> dict[str, list[float]] | None:
+    """C/(N·D) of the runs by size: None under "6nd" (6 at every size), else the mean of
+    log(C/(N·D)) per distinct N, as "6nd+attn"'s attention term depends on the shape."""
+    if data.conventions["flops"] == "6nd":
+        return None
+    log_n, inverse = np.unique(np.log(data.params), return_inverse=True)
+    log_f = np.log(data.flops / (data.params * data.tokens))
+    return {"log_n": log_n.tolist(), "log_ratio": (np.bincount(inverse, log_f) / np.bincount(inverse)).tolist()}
+
+
+def iso_flop_optimum(law: ParametricLaw, flops: Any,
+                     ratio: dict[str, list[float]] | None = None) -> tuple[Any, Any]:
+    """Compute-optimal (N, D) of ``law`` at C = ``flops``: the N lowest on C's IsoFLOP curve.
+
+    With ``ratio`` None, C = 6·N·D and the closed form ``law.optimal`` applies. Otherwise
+    C = f(N)·N·D, with log f interpolated linearly in log N through ``ratio`` (``log_n``,
+    ``log_ratio``) and held at its end values beyond them, and N_opt minimises
+    L(N, C/(f(N)·N)): on a grid of log N within ±5 nats of the closed form at f's mean, then
+    by golden-section search between the grid minimum's neighbours. Elementwise over ``flops``
+    and the law's fields, which broadcast as numpy arrays.
+    """
+    if ratio is None:
+        return law.optimal(flops)
+    knots, log_f = np.asarray(ratio["log_n"], float), np.asarray(ratio["log_ratio"], float)
+    E, A, B, al, be = (np.asarray(getattr(law, k), float)[..., None] for k in ("E", "A", "B", "alpha", "beta"))
+    log_c = np.log(np.asarray(flops, float))[..., None]
+
+    def loss(log_n: np.ndarray) -> np.ndarray:
+        log_d = log_c - log_n - np.interp(log_n, knots, log_f)
+        return E + A * np.exp(-al * log_n) + B * np.exp(-be * log_d)
+
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        centre = np.log(law.G) + law.a * (log_c[..., 0] - log_f.mean())
+        grid = np.asarray(centre)[..., None] + np.linspace(-_ISO_SPAN, _ISO_SPAN, _ISO_GRID)
+        values = loss(grid)
+        i = np.clip(np.where(np.isnan(values), np.inf, values).argmin(-1), 1, _ISO_GRID - 2)[..., None]
+        lo, hi = np.take_along_axis(grid, i - 1, -1), np.take_along_axis(grid, i + 1, -1)
+        g = (math.sqrt(5.0) - 1.0) / 2.0
+        for _ in range(_GOLDEN_STEPS):  # the bracket shrinks by g per step: 0.1 nats to 5e-8
+            m1, m2 = hi - g * (hi - lo), lo + g * (hi - lo)
+            left = loss(m1) < loss(m2)
+            lo, hi = np.where(left, lo, m1), np.where(left, m2, hi)
+        log_n = (0.5 * (lo + hi))[..., 0]
+        return np.exp(log_n), np.asarray(flops, float) / np.exp(log_n + np.interp(log_n, knots, log_f))
 
 
 def fit_approach3(data: FitData, *, n_bootstrap: int = 1000, seed: int = 0, ci: float = 0.95,
@@ -631,7 +778,13 @@ def fit_approach3(data: FitData, *, n_bootstrap: int = 1000, seed: int = 0, ci: 
     (a, b, e, α, β) with A, B, E = exp(a, b, e). The objective is evaluated at every start of
     ``grid`` (default: the paper's 4,500) at once; L-BFGS runs from the ``n_refine`` best and
     the lowest optimum is kept. Each bootstrap refit starts from the full-data optimum.
-    ``N_opt_ref`` etc. are the allocation at ``details['ref_flops']`` (the largest C fitted).
+    ``N_opt_ref`` etc. are the allocation at ``details['ref_flops']`` (the largest C fitted),
+    under the data's FLOP convention (``iso_flop_optimum``; ``details['allocation']`` says which).
+
+    A law outside the identified domain (``_outside_domain``: an exponent outside
+    ``_EXPONENT_RANGE``, A or B overflowing, a term negligible at every run, or all runs at one
+    N or D) is not a fit: the full-data one gets status 4 with the reason and no bootstrap;
+    such resamples are dropped and counted in ``n_bootstrap_degenerate``.
     """
     _check_ci(ci, n_bootstrap)
     if len(data) < 5:
@@ -643,23 +796,38 @@ def fit_approach3(data: FitData, *, n_bootstrap: int = 1000, seed: int = 0, ci: 
     f0, _, _ = _huber_lse(starts, *args, w)
     counts = _resample(np.random.default_rng(seed), len(data), n_bootstrap)
     thetas = np.full((n_bootstrap, 5), np.nan)
+    dropped = {"one N or D": 0}
     with _one_blas_thread():
         runs = [_lbfgs(starts[i], (*args, w)) for i in np.argsort(f0)[:n_refine]]
         best = min(runs, key=lambda r: r.fun if np.isfinite(r.fun) else np.inf)
-        for i, c in enumerate(counts):
-            r = _lbfgs(best.x, (*args, c.astype(float)))
-            if r.success and np.all(np.isfinite(r.x)):
+        why = _too_few_values(*args[:2], w) or "; ".join(
+            t.format(v=v[0]) for _, bad, v, t in _outside_domain(best.x[None], *args) if bad[0])
+        for i, c in enumerate(counts if not why else ()):
+            if _too_few_values(*args[:2], c):  # not identified whatever the optimizer does
+                dropped["one N or D"] += 1
+            elif (r := _lbfgs(best.x, (*args, c.astype(float)))).success and np.all(np.isfinite(r.x)):
                 thetas[i] = r.x
-    status = _status(0) if best.success else _status(1, str(best.message))
-    ref = float(data.flops.max())
+    dropped.update(_drop_outside_domain(thetas, *args))
+    n_dropped = sum(dropped.values())
+    notes = [f"{n_dropped} of {n_bootstrap} resamples gave a law the data do not identify and were dropped ("
+             + ", ".join(f"{k}: {v}" for k, v in dropped.items() if v) + "); intervals are over identified laws"
+             ] if n_dropped else []
+    if why:
+        status = _status(4, why)
+        notes += ["no bootstrap: the full-data law is not identified"] if n_bootstrap else []
+    else:
+        status = _status(0) if best.success else _status(1, str(best.message))
+    ref, ratio = float(data.flops.max()), _flops_ratio(data)
     _, _, resid = _huber_lse(best.x[None], *args, w)
-    point = {k: v[0] for k, v in _approach3_params(best.x[None], ref).items()}
-    return _result("approach3", data, point, _approach3_params(thetas, ref), status, ci=ci,
+    point = {k: v[0] for k, v in _approach3_params(best.x[None], ref, ratio).items()}
+    return _result("approach3", data, point, _approach3_params(thetas, ref, ratio), status, ci=ci,
                    n_bootstrap=n_bootstrap, seed=seed, n_points=len(data),
                    keep=("E", "A", "B", "alpha", "beta"), residuals=-resid[0],
-                   fun=float(best.fun) * _HUBER_DELTA,
+                   fun=float(best.fun) * _HUBER_DELTA, n_bootstrap_degenerate=n_dropped, notes=tuple(notes),
                    details={"ref_flops": ref, "n_starts": len(starts), "n_refined": len(runs),
-                            "huber_delta": _HUBER_DELTA, "nit": int(best.nit)})
+                            "huber_delta": _HUBER_DELTA, "nit": int(best.nit),
+                            "allocation": _ALLOCATION_6ND if ratio is None else _ALLOCATION_RATIO,
+                            "flops_ratio": ratio})
 
 
 # ----------------------------------------------------------------------------- Approach 2
@@ -974,7 +1142,8 @@ def predict(fit: FitResult, n_params: float, tokens: float, *, ci: float | None 
     The interval is a percentile interval of L(N, D; θ_b)·exp(ε_b) over the bootstrap draws θ_b,
     with ε_b drawn from the full-data fit's log residuals: parameter uncertainty plus the
     scatter of single runs about the law. Pure: the same fit gives the same interval. Without
-    bootstrap draws (``n_bootstrap`` 0) the interval is None.
+    bootstrap draws (``n_bootstrap`` 0) the interval is None. Raises FitError for a fit the
+    data do not identify (``FitResult.law``).
     """
     law, laws, ci = fit.law(), _sampled_law(fit), fit.ci if ci is None else ci
     iv, k = None, 0
@@ -988,18 +1157,24 @@ def predict(fit: FitResult, n_params: float, tokens: float, *, ci: float | None 
 def predict_optimal(fit: FitResult, flops: float, *, ci: float | None = None) -> Prediction:
     """Compute-optimal N, D (and loss, for Approach 3) at C = ``flops``, with intervals.
 
-    Approach 3 uses N_opt = G·(C/6)^a (C = 6·N·D, Hoffmann et al. Eq. 4); Approaches 1 and 2
-    their fitted power laws. N and D intervals are bootstrap percentiles (no residual term);
-    the loss interval adds residual noise as in ``predict``.
+    Approach 3 minimises its L(N, D) on C's IsoFLOP curve under the fit's FLOP convention
+    (``FitResult.optimal``: N_opt = G·(C/6)^a under C = 6·N·D, Hoffmann et al. Eq. 4);
+    Approaches 1 and 2 use their fitted power laws. N and D intervals are bootstrap percentiles
+    (no residual term); the loss interval adds residual noise as in ``predict``.
+
+    Raises
+    ------
+    FitError
+        A Kaplan fit, or an Approach 3 fit the data do not identify.
     """
     ci = fit.ci if ci is None else ci
     s = {k: np.asarray(v) for k, v in fit.samples.items()}
     n_b = d_b = loss_b = np.array([])
     if fit.method == "approach3":
-        n, d = fit.law().optimal(flops)
+        n, d = fit.optimal(flops)
         loss = float(fit.law().loss(n, d))
         if (laws := _sampled_law(fit)) is not None:
-            n_b, d_b = laws.optimal(flops)
+            n_b, d_b = iso_flop_optimum(laws, flops, fit.details.get("flops_ratio"))
             loss_b = laws.loss(n_b, d_b) * np.exp(_noise(fit, n_b.size))
     elif fit.method in ("approach1", "approach2"):
         p, loss = fit.params, None

@@ -10,7 +10,9 @@ Safety rules:
 - every run folder is locked by the process that trains it, so even an orphaned run cannot be
   trained twice at the same time;
 - a finished run (``run.json`` status ``done``) is skipped; any other is resumed from its
-  checkpoint by the trainer.
+  checkpoint by the trainer;
+- Ctrl-C lets the running runs checkpoint the step they are on (``LocalExecutor.interrupt``),
+  rebuilds ``runs.parquet`` and raises ``LaunchInterrupted`` naming the command that continues.
 
 WSD cooldown branching (``train.schedule: wsd-branch``): each size's trunk and branches are runs
 of their own; ``launch`` holds a branch back until its trunk has kept the checkpoint it starts
@@ -27,6 +29,7 @@ import fcntl
 import json
 import math
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -48,9 +51,16 @@ __all__ = [
     "sweep_tasks",
     "execute",
     "launch",
+    "LaunchInterrupted",
     "progress",
     "format_status",
 ]
+
+
+class LaunchInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a launch after its runs checkpointed; ``str(e)`` is one line saying how
+    many did and the command that continues. A KeyboardInterrupt, so that code catching
+    ScalingError or LaunchError does not swallow the user's Ctrl-C."""
 
 
 @dataclass(frozen=True)
@@ -210,13 +220,23 @@ class DebugExecutor(Executor):
         def done(self) -> bool:
             return True
 
+    def __init__(self) -> None:
+        self.checkpointed = 0  # runs the trainer stopped on Ctrl-C
+
     def submit(self, task: RunTask) -> Job:
         _write_config(task)
         try:
-            execute(task.config_path, task.out_dir)
+            result = execute(task.config_path, task.out_dir)
         except ScalingError as e:
             raise LaunchError(f"run {task.run_id}: {e}") from None
+        if result.signal == "SIGINT":
+            # The trainer took the Ctrl-C and checkpointed; stop the launch as Ctrl-C would.
+            self.checkpointed += 1
+            raise KeyboardInterrupt
         return self._Job(task)
+
+    def interrupt(self) -> str:
+        return f"{self.checkpointed} run(s) checkpointed"
 
 
 def _write_config(task: RunTask) -> None:
@@ -333,18 +353,42 @@ class LocalExecutor(Executor):
         log.close()
 
     def interrupt(self) -> str:
+        """Let every running run checkpoint and exit; kill those still alive after
+        ``INTERRUPT_WAIT_S`` or at a second Ctrl-C (they resume from an older checkpoint).
+
+        A terminal's Ctrl-C reaches the runs itself (they share the launcher's process group);
+        SIGTERM, which the trainer handles the same way, reaches those it did not (a Ctrl-C
+        sent to the launcher alone, as a notebook does). Not SIGINT: a second one means "now".
+        """
         self.queue.clear()
-        for job in self.running:
-            if job.proc is not None and job.proc.poll() is None:
-                job.proc.send_signal(signal.SIGTERM)
-        deadline = time.time() + 120
-        for job in self.running:
-            if job.proc is not None:
-                try:
-                    job.proc.wait(timeout=max(1.0, deadline - time.time()))
-                except subprocess.TimeoutExpired:
-                    job.proc.kill()
-        return f"stopped {len(self.running)} running run(s) after a checkpoint"
+        started = {j: j.proc for j in self.running if j.proc is not None}  # some may have exited already
+        if not started:
+            return "no run was running"
+        for proc in started.values():
+            proc.send_signal(signal.SIGTERM)  # a no-op for a process that has exited
+        print(f"stopping: waiting up to {INTERRUPT_WAIT_S:.0f} s for {len(started)} run(s) to checkpoint "
+              f"(Ctrl-C again to kill them)", file=sys.stderr, flush=True)
+        deadline = time.monotonic() + INTERRUPT_WAIT_S
+        with contextlib.suppress(KeyboardInterrupt, subprocess.TimeoutExpired):
+            for proc in started.values():
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        for proc in started.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        states = [run_state(j.task.out_dir).get("status") for j in started]
+        saved, done = states.count("interrupted"), states.count("done")
+        lost = len(started) - saved - done
+        return ", ".join([f"{saved} run(s) checkpointed"]
+                         + ([f"{done} finished"] if done else [])
+                         + ([f"{lost} stopped before checkpointing (they resume from their last checkpoint)"]
+                            if lost else []))
+
+
+# How long a stopped launch waits for its runs to checkpoint: the step in flight plus one
+# checkpoint write, which for a ~1B-parameter run (~12 GB of weights and Adam state) takes
+# tens of seconds on a local disk.
+INTERRUPT_WAIT_S = 120.0
 
 
 def _out_of_memory(job: Job) -> bool:
@@ -524,11 +568,21 @@ def launch(
     results_root: str | os.PathLike[str] = "results",
     executor: Executor | None = None,
     progress: bool = True,
+    resume_command: str | None = None,
 ) -> list[dict[str, Any]]:
     """Run every unfinished run of ``sweep``; return the final ``run.json`` of each run.
 
     Finished runs are skipped, unfinished ones resume; ``runs.parquet`` is rebuilt as runs end.
-    Raises LaunchError if another launch holds the sweep, or if any run did not finish.
+    ``resume_command`` is the command named when Ctrl-C stops the launch (default: ``scaling
+    launch`` on the sweep.yaml saved in the sweep's results folder).
+
+    Raises
+    ------
+    LaunchError
+        Another launch holds the sweep, or a run did not finish.
+    LaunchInterrupted
+        Ctrl-C: the running runs checkpointed (or were killed after ``INTERRUPT_WAIT_S``) and
+        ``runs.parquet`` holds what finished.
     """
     from tqdm import tqdm
 
@@ -546,11 +600,13 @@ def launch(
         bar = tqdm(total=len(tasks), initial=len(tasks) - len(todo), unit="run",
                    desc=sweep.name, disable=not progress)
         held = [t for t in todo if not t.ready]  # branches whose trunk checkpoint is not there yet
-        jobs = ex.submit_all([t for t in todo if t.ready])
-        logs = {j.task.run_id: j.log_path() for j in jobs}
-        pending = list(jobs)
+        logs: dict[str, Path] = {}
+        pending: list[Job] = []
         orphans: dict[str, str] = {}
         try:
+            # Inside the try: the debug executor trains at submit time, so Ctrl-C can land here.
+            pending = ex.submit_all([t for t in todo if t.ready])
+            logs.update((j.task.run_id, j.log_path()) for j in pending)
             while pending or held:
                 released = [t for t in held if t.ready]
                 if released:
@@ -578,10 +634,10 @@ def launch(
             note = ex.interrupt()
             write_runs_table(root, tasks)
             bar.close()
-            raise LaunchError(
-                f"interrupted: {note}; finished runs are kept — continue with "
-                f"`scaling launch {root / 'sweep.yaml'}`"
-            ) from None
+            if resume_command is None:
+                resume_command = shlex.join(["scaling", "launch", str(root / "sweep.yaml"),
+                                             "--results", str(results_root)])
+            raise LaunchInterrupted(f"interrupted: {note}; re-run `{resume_command}` to continue") from None
         bar.close()
         write_runs_table(root, tasks)
     states = [run_state(t.out_dir) for t in tasks]

@@ -128,6 +128,7 @@ class PlanRequest:
         checks = [
             (bool(self.budgets), "--budget: give at least one compute budget, e.g. --budget 1e18"),
             (all(b > 0 and math.isfinite(b) for b in self.budgets), "--budget: budgets must be positive FLOPs, e.g. 1e18"),
+            (len(set(self.budgets)) == len(self.budgets), "--budgets: list each budget once (one is repeated)"),
             (5 <= self.sizes <= 9, f"--sizes: must be 5-9 model sizes per budget (got {self.sizes})"),
             (all(n > 0 and math.isfinite(n) for n in self.ladder),
              "--ladder: model sizes must be positive parameter counts, e.g. 6e6,12e6,25e6,50e6"),
@@ -250,6 +251,25 @@ def parse_budgets(text: str, flag: str = "--budgets") -> tuple[float, ...]:
             f"{flag}: cannot read {text!r}; give a comma list (1e16,3e16,1e17) "
             "or a log range START:STOP:COUNT (1e16:1e18:5)"
         ) from None
+
+
+def _budget_tags(budgets: tuple[float, ...]) -> dict[float, str]:
+    """Each budget's tag in run names: ``1e16`` as ``f"{C:.0e}"`` writes it, with more significant
+    digits only where the plan's budgets would otherwise share a tag (``1e16``, ``1.3e16``, ...).
+
+    The digits are the fewest that tell the plan's budgets apart, so a plan that one digit already
+    told apart keeps the names, and with them the run ids, it always had.
+    """
+
+    def tag(budget: float, digits: int) -> str:
+        mantissa, exponent = f"{budget:.{digits - 1}e}".split("e")
+        if "." in mantissa:  # 1.00e16 -> 1e16: trailing zeros tell no budgets apart
+            mantissa = mantissa.rstrip("0").rstrip(".")
+        return f"{mantissa}e{exponent}".replace("+", "")
+
+    # 17 significant digits tell any two doubles apart, so some count always does.
+    tags = ({b: tag(b, digits) for b in budgets} for digits in range(1, 18))
+    return next(t for t in tags if len(set(t.values())) == len(t))
 
 
 def shape_for(n_target: float, req: PlanRequest) -> ModelConfig:
@@ -390,7 +410,7 @@ def make_plan(req: PlanRequest) -> Plan:
     req.validate()
     gpu = GPUS[req.gpu]
     price = req.price_per_hour if req.price_per_hour is not None else gpu.price_per_hour
-    budgets = []
+    budgets, tags = [], _budget_tags(req.budgets)
     for budget in req.budgets:
         center_n, _ = PUBLISHED_LAWS[req.center].optimal(budget)
         targets = list(req.ladder) or [center_n * req.spread ** (2 * i / (req.sizes - 1) - 1)
@@ -423,7 +443,7 @@ def make_plan(req: PlanRequest) -> Plan:
             n = counts["total" if req.conventions.params == "total" else "non_embedding"]
             epochs = tokens / req.unique_tokens if req.unique_tokens else None
             repeated = epochs is not None and epochs > req.max_epochs
-            name = f"C{budget:.0e}_{s.n_layer}x{s.d_model}".replace("+", "")
+            name = f"C{tags[budget]}_{s.n_layer}x{s.d_model}"
             if repeated and req.drop_repeated:
                 dropped.append(f"{name}: {epochs:.1f} epochs of data > --max-epochs {req.max_epochs:g}")
                 continue
@@ -543,19 +563,8 @@ def format_plan(plan: Plan) -> str:
 
 def to_sweep(plan: Plan, name: str | None = None, data_path: str | None = None) -> SweepConfig:
     """The launchable sweep spec for a plan (``scaling plan --out sweeps/NAME.yaml``)."""
-    runs = [
-        SweepPoint(
-            name=p.name,
-            model=p.model,
-            steps=p.steps,
-            batch_size=p.batch_size,
-            micro_batch_size=p.micro_batch_size,
-            lr_peak=p.lr_peak,
-            warmup_steps=p.warmup_steps,
-            budget_flops=p.budget_flops,
-        )
-        for p in plan.points
-    ]
+    runs = [SweepPoint(name=p.name, steps=p.steps, budget_flops=p.budget_flops, **_run_settings(p))
+            for p in plan.points]
     req = dataclasses.asdict(plan.request)
     req.pop("conventions")
     branching = plan.request.branching
@@ -570,6 +579,13 @@ def to_sweep(plan: Plan, name: str | None = None, data_path: str | None = None) 
     ).check()
 
 
+def _run_settings(p: PlanPoint) -> dict[str, Any]:
+    """The shape and trainer settings the planner chose for ``p``, as a SweepPoint (one run) and a
+    BranchGroup (one trunk, shared by every point of the shape) both take them."""
+    return {"model": p.model, "batch_size": p.batch_size, "micro_batch_size": p.micro_batch_size,
+            "lr_peak": p.lr_peak, "warmup_steps": p.warmup_steps}
+
+
 def _branch_groups(plan: Plan) -> list[BranchGroup]:
     """The plan's points grouped by shape: one BranchGroup (one trunk) per size, smallest first."""
     by_shape: dict[tuple[int, int], list[PlanPoint]] = {}
@@ -577,10 +593,8 @@ def _branch_groups(plan: Plan) -> list[BranchGroup]:
         by_shape.setdefault((p.model.n_layer, p.model.d_model), []).append(p)
     req = plan.request
     return [
-        BranchGroup(name=f"{n_layer}x{d_model}", model=pts[0].model, batch_size=pts[0].batch_size,
-                    micro_batch_size=pts[0].micro_batch_size, lr_peak=pts[0].lr_peak,
-                    warmup_steps=pts[0].warmup_steps, cooldown_fraction=req.cooldown_fraction,
-                    cooldown_shape=req.cooldown_shape,
+        BranchGroup(name=f"{n_layer}x{d_model}", cooldown_fraction=req.cooldown_fraction,
+                    cooldown_shape=req.cooldown_shape, **_run_settings(pts[0]),
                     points=[BranchPoint(tokens=p.tokens, name=p.name, budget_flops=p.budget_flops) for p in pts])
         for (n_layer, d_model), pts in by_shape.items()
     ]
@@ -615,26 +629,13 @@ def request_from_args(args: argparse.Namespace) -> PlanRequest:
         meta = load_meta(args.data)
         vocab = meta["vocab_size"]
         unique = unique or float(meta["tokens"]["train"])
-    return PlanRequest(
-        budgets=budgets,
-        sizes=args.sizes,
-        ladder=parse_budgets(args.ladder, flag="--ladder") if args.ladder else (),
-        spread=args.spread,
-        conventions=Conventions(params=args.params, flops=args.flops),
-        context=args.context,
-        vocab_size=vocab,
-        aspect=args.aspect,
-        head_dim=args.head_dim,
-        center=args.center,
-        gpu=args.gpu,
-        mfu=args.mfu,
-        price_per_hour=args.price_per_hour,
-        unique_tokens=unique,
-        max_epochs=args.max_epochs,
-        drop_repeated=args.drop_repeated,
-        min_steps=args.min_steps,
-        shared_sizes=args.shared_sizes,
-        branching=args.branching,
-        cooldown_fraction=args.cooldown_fraction,
-        cooldown_shape=args.cooldown_shape,
-    )
+    parsed = {
+        "budgets": budgets,
+        "ladder": parse_budgets(args.ladder, flag="--ladder") if args.ladder else (),
+        "conventions": Conventions(params=args.params, flops=args.flops),
+        "vocab_size": vocab,
+        "unique_tokens": unique,
+    }
+    # Every other field has a flag of its own name; getattr fails loudly on one the CLI lacks.
+    same = {f.name: getattr(args, f.name) for f in dataclasses.fields(PlanRequest) if f.name not in parsed}
+    return PlanRequest(**parsed, **same)

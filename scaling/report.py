@@ -61,8 +61,9 @@ def format_fits(fits: dict[str, FitResult], skipped: dict[str, str], data: FitDa
            f"{any_fit.n_bootstrap} bootstrap resamples of runs (seed {any_fit.seed}) · "
            f"{any_fit.ci:.0%} percentile intervals"]
     for name, fit in fits.items():
+        dropped = f", {fit.n_bootstrap_degenerate} not identified" if fit.n_bootstrap_degenerate else ""
         out += ["", _TITLES[name], f"  {fit.message}  ({fit.n_points} points, "
-                f"{fit.n_bootstrap_ok}/{fit.n_bootstrap} resamples)"]
+                f"{fit.n_bootstrap_ok}/{fit.n_bootstrap} resamples{dropped})"]
         width = max(len(_label(k, fit)) for k in fit.params)
         out += [f"  {_label(k, fit):<{width}}  {_g(v):>10}  {_iv(fit.intervals.get(k))}"
                 for k, v in fit.params.items()]
@@ -77,10 +78,10 @@ def format_fits(fits: dict[str, FitResult], skipped: dict[str, str], data: FitDa
 
 
 def _side_by_side(fits: dict[str, FitResult]) -> list[str]:
-    """Compute-optimal N, D at the largest C fitted, from each approach and the published laws."""
+    """Compute-optimal N, D at the largest C fitted, from each usable approach and the published laws."""
     from scaling.fit import predict_optimal
 
-    alloc = [f for f in fits.values() if f.method in ("approach1", "approach2", "approach3")]
+    alloc = [f for f in fits.values() if f.method in ("approach1", "approach2", "approach3") and f.usable]
     if not alloc:
         return []
     c = max(f.details["ref_flops"] for f in alloc)
@@ -172,7 +173,8 @@ def plot_isoflop(fit: FitResult, data: FitData, path: str | os.PathLike[str]) ->
 
 
 def plot_loss_vs_compute(data: FitData, fits: dict[str, FitResult], path: str | os.PathLike[str]) -> Path:
-    """Loss vs C: runs (and their curves), the empirical compute frontier and the fitted ones."""
+    """Loss vs C: runs (and their curves), the empirical compute frontier and the fitted ones
+    (fits that are not ``usable`` are left out)."""
     fig, (ax,) = _figure()
     norm = _norm(data.params)
     sc = ax.scatter(data.flops, data.loss, c=data.params, norm=norm, cmap="plasma", s=18, zorder=3)
@@ -182,9 +184,9 @@ def plot_loss_vs_compute(data: FitData, fits: dict[str, FitResult], path: str | 
     front = pareto_frontier(np.log(data.flops), data.loss)
     ax.step(data.flops[front], data.loss[front], "k-", where="post", lw=1, label="empirical frontier")
     c = np.geomspace(data.flops.min(), data.flops.max(), 100)
-    if "approach3" in fits:
-        law = fits["approach3"].law()
-        ax.plot(c, law.loss(*law.optimal(c)), "r--", label="Approach 3 at its optimal N, D")
+    if "approach3" in fits and fits["approach3"].usable:
+        fit = fits["approach3"]
+        ax.plot(c, fit.law().loss(*fit.optimal(c)), "r--", label="Approach 3 at its optimal N, D")
     if "kaplan_C" in fits:
         p = fits["kaplan_C"].params
         ax.plot(c, (p["C_c"] / c) ** p["alpha_C"], "b:", label="Kaplan L(C) fit")
@@ -196,14 +198,14 @@ def plot_loss_vs_compute(data: FitData, fits: dict[str, FitResult], path: str | 
 
 
 def plot_allocation(fits: dict[str, FitResult], data: FitData, path: str | os.PathLike[str]) -> Path:
-    """N_opt and D_opt vs C from each approach, with the published Chinchilla lines for reference."""
+    """N_opt and D_opt vs C from each usable approach, with the published Chinchilla lines for reference."""
     from scaling.fit import predict_optimal
 
     fig, axes = _figure(2)
     c = np.geomspace(data.flops.min() / 3.0, data.flops.max() * 30.0, 60)
     styles = {"approach1": "tab:blue", "approach2": "tab:orange", "approach3": "tab:green"}
     for name, color in styles.items():
-        if name not in fits:
+        if name not in fits or not fits[name].usable:
             continue
         preds = [predict_optimal(fits[name], float(x)) for x in c]
         for ax, key in zip(axes, ("n_params", "tokens")):
@@ -248,23 +250,30 @@ def plot_residuals(fit: FitResult, data: FitData, path: str | os.PathLike[str]) 
 
 def write_report(fits: dict[str, FitResult], skipped: dict[str, str], data: FitData,
                  out_dir: str | os.PathLike[str]) -> Path:
-    """Write the plots that apply (PNG) and ``report.html`` (PNGs embedded as base64) to ``out_dir``."""
+    """Write the plots that apply (PNG) and ``report.html`` (PNGs embedded as base64) to ``out_dir``.
+
+    A fit that is not ``usable`` (no optimum, or a law the data do not identify) is listed in
+    the table with its message, drawn in no plot, and named in a note above the plots.
+    """
     from scaling.config import atomic_write_text
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    pngs = [plot_loss_vs_compute(data, fits, out / "loss_vs_compute.png")]
-    if "approach2" in fits:
+    usable = {k: f for k, f in fits.items() if f.usable}
+    pngs = [plot_loss_vs_compute(data, usable, out / "loss_vs_compute.png")]
+    if "approach2" in fits:  # the budgets' parabolas show even where their minima define no law
         pngs.append(plot_isoflop(fits["approach2"], data, out / "isoflop.png"))
-    if any(k in fits for k in ("approach1", "approach2", "approach3")):
-        pngs.append(plot_allocation(fits, data, out / "allocation.png"))
-    if "approach3" in fits:
-        pngs.append(plot_residuals(fits["approach3"], data, out / "residuals.png"))
+    if any(k in usable for k in ("approach1", "approach2", "approach3")):
+        pngs.append(plot_allocation(usable, data, out / "allocation.png"))
+    if "approach3" in usable:
+        pngs.append(plot_residuals(usable["approach3"], data, out / "residuals.png"))
     images = "\n".join(
         f'<figure><img alt="{p.stem}" src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}">'
         f"<figcaption>{p.name}</figcaption></figure>" for p in pngs)
+    notes = "".join(f'<p class="note">{html.escape(k)} is drawn in no plot: {html.escape(f.message)}</p>'
+                    for k, f in fits.items() if not f.usable)
     body = (f"<h1>Scaling-law fit</h1><p>Sources: {html.escape(', '.join(data.sources))}</p>"
-            f"<pre>{html.escape(format_fits(fits, skipped, data))}</pre>{images}")
+            f"<pre>{html.escape(format_fits(fits, skipped, data))}</pre>{notes}{images}")
     style = "body{font-family:sans-serif;max-width:1200px;margin:2em auto}img{max-width:100%}pre{font-size:12px}"
     page = f'<!doctype html><html><head><meta charset="utf-8"><title>scaling fit</title><style>{style}</style>' \
            f"</head><body>{body}</body></html>\n"

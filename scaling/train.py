@@ -134,7 +134,7 @@ class RunResult:
     to resume) or "failed: <reason>". ``val_loss`` (nats/token) is the mean over the fixed
     held-out tokens at the last evaluation and ``val_loss_se`` its standard error over eval
     batches; both None when no evaluation ran. ``signal`` names the signal that interrupted
-    the run ("SIGTERM", "SIGUSR2"), None otherwise.
+    the run ("SIGTERM", "SIGUSR2", "SIGINT"), None otherwise.
     """
 
     status: str
@@ -212,10 +212,12 @@ def _runtime(tc: TrainConfig, *, distributed: bool = True) -> _Runtime:
 
 
 class _StopSignal:
-    """SIGTERM/SIGUSR2 set a flag (the loop checkpoints at the next step boundary and exits);
-    the previous handlers come back on exit. Only the main thread can install handlers."""
+    """SIGTERM/SIGUSR2 (SLURM, the launcher) and SIGINT (Ctrl-C) set a flag: the loop checkpoints
+    at the next step boundary and exits. A second Ctrl-C gets the previous SIGINT handler
+    (KeyboardInterrupt), to stop at once from the last checkpoint. The previous handlers come
+    back on exit. Only the main thread can install handlers."""
 
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR2)
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT)
 
     def __init__(self) -> None:
         self.received: int | None = None
@@ -224,11 +226,15 @@ class _StopSignal:
     def __enter__(self) -> _StopSignal:
         if threading.current_thread() is threading.main_thread():
             for sig in self.SIGNALS:
-                self._previous[sig] = signal.signal(sig, self._handle)
+                # A shell starts background jobs with SIGINT ignored so that Ctrl-C spares them: keep that.
+                if not (sig == signal.SIGINT and signal.getsignal(sig) == signal.SIG_IGN):
+                    self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
         self.received = signum
+        if signum == signal.SIGINT:
+            signal.signal(signum, self._previous[signum])
 
     def __exit__(self, *exc: Any) -> None:
         for sig, handler in self._previous.items():
@@ -461,7 +467,7 @@ def _environment(rt: _Runtime) -> dict[str, Any]:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
 def _check_data(cfg: RunConfig, meta: dict[str, Any], world_size: int) -> int:
@@ -503,7 +509,7 @@ def train(
     ----------
     stop_at_step
         Checkpoint and return status "interrupted" once this many updates are done, as on
-        SIGTERM/SIGUSR2 (used to test resumption).
+        SIGTERM/SIGUSR2/SIGINT (used to test resumption).
     after_step
         Called as ``after_step(step, model)`` after every optimizer update, before any logging
         (used to inject faults in tests).

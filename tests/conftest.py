@@ -137,3 +137,20 @@ def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmClu
         yield SlurmCluster(dir=cluster_dir, env=env)
     finally:
         _slurm_script("down.sh", str(cluster_dir))
+
+
+# --- one_thread: torch on one intra-op thread for a test module (pytest.mark.usefixtures("one_thread"))
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """Run the module's tests with torch on one intra-op thread, restoring the count after.
+
+    Tiny CPU models gain nothing from intra-op threads, and on a busy 2-core machine they thrash.
+    """
+    import torch  # here, not at the top: modules that never train should not pay for importing torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from statistics import NormalDist
 from typing import Any
@@ -21,7 +20,6 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 import scipy.optimize  # noqa: F401  loaded before the first fit, so fit's one-BLAS-thread limit finds its OpenBLAS
-import torch
 import yaml
 
 from conftest import SlurmCluster
@@ -43,12 +41,7 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
 CONTEXT, BATCH, LR, WARMUP = 64, 8, 3e-3, 10
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: torch on one thread
 
 
 @pytest.fixture(scope="module")

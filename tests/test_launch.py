@@ -1,9 +1,11 @@
-"""Runner: local executor end to end, kill -9 and relaunch, results table, status, errors."""
+"""Runner: local executor end to end, kill -9 and relaunch, Ctrl-C, results table, status, errors."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -12,6 +14,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from scaling.config import DataConfig, ModelConfig, SweepConfig, SweepPoint, TrainConfig
 from scaling.data import prepare
@@ -110,6 +113,52 @@ def test_kill_9_of_the_launcher_then_relaunch_finishes_without_repeating(data_di
         assert run_state(t.out_dir)["status"] == "done"
     status = run_cli("status", str(results / "tiny"))
     assert status.returncode == 0 and "4 done" in status.stdout
+
+
+def test_ctrl_c_checkpoints_the_running_runs_and_the_named_command_continues(data_dir: Path, tmp_path: Path) -> None:
+    # Two runs side by side; no periodic checkpoint or eval, so only the interrupt can save one.
+    base = tiny_sweep(data_dir, steps=1000)
+    sweep = dataclasses.replace(base, runs=base.runs[:2]).merge(
+        ["train.checkpoint_interval=100000", "train.eval_interval=100000", "train.max_epochs=100", "launch.per_gpu=2"])
+    spec, results = tmp_path / "tiny.yaml", tmp_path / "results"
+    sweep.save_yaml(spec)
+    tasks = sweep_tasks(sweep, results)
+    cmd = ["scaling", "launch", str(spec), "--results", str(results), "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # Its own process group, as a terminal's foreground job: Ctrl-C signals the whole group.
+    proc = subprocess.Popen([sys.executable, "-m", *cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, start_new_session=True)
+    try:
+        deadline = time.time() + 60
+        while not all((t.out_dir / "metrics.parquet").exists() for t in tasks):  # first flush: step 5
+            assert time.time() < deadline and proc.poll() is None, "the runs logged no steps"
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and "Traceback" not in stderr, stderr
+    assert stderr.strip().splitlines()[-1] == (
+        f"scaling launch: interrupted: 2 run(s) checkpointed; re-run `{shlex.join(cmd)}` to continue")
+    stopped = {}
+    for t in tasks:
+        state = run_state(t.out_dir)
+        assert state["status"] == "interrupted", state["status"]
+        stopped[t.run_id] = state["result"]["steps"]
+        assert 5 <= stopped[t.run_id] < t.config.steps
+        assert torch.load(t.out_dir / "checkpoint.pt", weights_only=True)["step"] == stopped[t.run_id]
+    rows = pq.read_table(results / "tiny" / "runs.parquet").to_pylist()  # rebuilt after the runs stopped
+    assert {(r["run_id"], r["status"], r["tokens_done"]) for r in rows} == {
+        (t.run_id, "interrupted", stopped[t.run_id] * 8 * 32) for t in tasks}
+
+    r = run_cli(*cmd[1:], env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    for t in tasks:
+        state = run_state(t.out_dir)
+        assert state["status"] == "done" and state["result"]["tokens"] == t.config.tokens
+        assert state["resumed_from_step"] == stopped[t.run_id]
+        steps = pq.read_table(t.out_dir / "metrics.parquet").column("step").to_pylist()
+        assert steps == sorted(set(steps)) and steps[-1] == t.config.steps
 
 
 def test_two_launches_of_one_sweep_are_refused(data_dir: Path, tmp_path: Path) -> None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +15,9 @@ from scaling.errors import ConfigError
 from scaling.fit import CHINCHILLA_TABLE3, PUBLISHED_LAWS
 from scaling.model import count_params, flops_per_token
 from scaling.plan import PlanRequest, make_plan, parse_budgets, shape_for, to_sweep
+
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -99,6 +104,39 @@ def test_budgets_log_range_and_list() -> None:
     assert [b.budget_flops for b in plan.budgets] == list(got)
 
 
+def test_close_budgets_get_unique_readable_names(tmp_path) -> None:
+    # 17 budgets over two decades: one significant digit gives 1e16 and 1.33e16 the same name.
+    budgets = parse_budgets("1e16:1e18:17")
+    plan = make_plan(PlanRequest(budgets=budgets))
+    spec = tmp_path / "dense.yaml"
+    to_sweep(plan, name="dense").save_yaml(spec)
+    sweep = SweepConfig.from_yaml(spec)
+    names = [r.name for r in sweep.runs]
+    assert len(names) == len(set(names)) == len(plan.points) >= 17 * 5
+    tags: dict[float, str] = {}
+    for run in sweep.runs:
+        # Readable: C<mantissa>e<exponent>_<L>x<d>, two significant digits at most here, and the
+        # tag reads back as its own budget to those digits.
+        m = re.fullmatch(r"C(\d(?:\.\d)?e\d+)_(\d+)x(\d+)", run.name)
+        assert m, run.name
+        assert float(m[1]) == pytest.approx(run.budget_flops, rel=0.04)
+        assert (int(m[2]), int(m[3])) == (run.model.n_layer, run.model.d_model)
+        assert tags.setdefault(run.budget_flops, m[1]) == m[1]  # one tag per budget
+    assert len(set(tags.values())) == 17
+    assert {"1e16", "1e17", "1e18"} <= set(tags.values())  # whole decades need no extra digit
+
+
+@pytest.mark.parametrize("spec", ["chinchilla_small.yaml", "chinchilla_small_target.yaml"])
+def test_committed_specs_keep_their_run_names(spec: str) -> None:
+    # Run ids derive from the resolved config, name included: replanning a committed spec's request
+    # must give the same names (and settings), or its results stop matching.
+    sweep = SweepConfig.from_yaml(ROOT / "sweeps" / spec)
+    req = {**sweep.plan, "budgets": tuple(sweep.plan["budgets"]), "ladder": tuple(sweep.plan["ladder"])}
+    again = to_sweep(make_plan(PlanRequest(**req, conventions=sweep.conventions)), name=sweep.name)
+    assert [r.name for r in again.runs] == [r.name for r in sweep.runs]
+    assert [r.to_dict() for r in again.runs] == [r.to_dict() for r in sweep.runs]
+
+
 def test_data_constrained_flag_and_drop() -> None:
     req = PlanRequest(budgets=(1e17,), unique_tokens=2e8)
     flagged = make_plan(req).points
@@ -154,6 +192,7 @@ def test_spec_validation_names_field_path(tmp_path) -> None:
         (["--budget", "1e9"], "--budget"),
         (["--budget", "1e18", "--gpu", "tpu-v9"], "--gpu"),
         (["--budgets", "1e16:oops"], "--budgets"),
+        (["--budgets", "1e16,3e16,1e16"], "--budgets"),
         (["--budget", "1e18", "--mfu", "2"], "--mfu"),
     ],
 )

@@ -7,7 +7,7 @@ import re
 
 import numpy as np
 import pytest
-from test_fit import CHINCHILLA, SMALL_GRID, isoflop_table, write_sweep
+from test_fit import CHINCHILLA, SMALL_GRID, degenerate_table, isoflop_table, write_sweep
 
 from scaling import fit as F
 from scaling import report
@@ -70,3 +70,22 @@ def test_report_with_approach3_only_draws_what_applies(tmp_path, table_fits):
     page = report.write_report({"approach3": fits["approach3"]}, {}, data, tmp_path)
     assert sorted(p.name for p in tmp_path.glob("*.png")) == ["allocation.png", "loss_vs_compute.png", "residuals.png"]
     assert (tmp_path / "residuals.png").read_bytes()[:8] == PNG and page.name == "report.html"
+
+
+def test_report_leaves_out_a_fit_the_data_do_not_identify(tmp_path):
+    # All runs at one N: Approach 3 is not identified, Approach 2 and Kaplan L(N) are skipped;
+    # the report still writes, says why, and draws only what the other fits support.
+    data = degenerate_table("one_n")
+    fits, skipped = F.fit_all(data, "all", n_bootstrap=10, grid=SMALL_GRID)
+    assert not fits["approach3"].usable and {"kaplan_D", "kaplan_C"} <= set(fits)
+    page = report.write_report(fits, skipped, data, tmp_path).read_text()
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["loss_vs_compute.png"]
+    assert "approach3 is drawn in no plot: the data do not identify the law: all runs have one N" in page
+    text = report.format_fits(fits, skipped, data)
+    assert "the data do not identify the law: all runs have one N (1e+08)" in text
+    assert "Compute-optimal allocation" not in text  # no usable fit allocates compute
+    # Called directly, the plots skip it too (the published lines and the runs remain).
+    for path in (report.plot_allocation(fits, data, tmp_path / "a.png"),
+                 report.plot_loss_vs_compute(data, fits, tmp_path / "l.png")):
+        assert path.read_bytes()[:8] == PNG
+

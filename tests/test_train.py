@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from scaling.config import RunConfig
 from scaling.errors import ConfigError, TrainError
 from scaling.model import count_params, flops_per_token
 from scaling.results import METRICS_SCHEMA, MetricsWriter, read_metrics, read_run_json
-from scaling.train import RunResult, lr_at, overfit_one_batch, peak_flops, sample, train
+from scaling.train import RunResult, _StopSignal, lr_at, overfit_one_batch, peak_flops, sample, train
 
 ROOT = Path(__file__).resolve().parents[1]
 VOCAB = 64
@@ -31,12 +31,7 @@ VOCAB = 64
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: torch on one thread
 
 
 def write_toy_data(path: Path, n_train: int = 40_000, n_val: int = 8_000) -> Path:
@@ -208,28 +203,46 @@ def test_metrics_writer_drops_rows_after_the_checkpoint(tmp_path: Path) -> None:
     assert MetricsWriter(tmp_path / "m.parquet").rows == []
 
 
-def test_sigterm_checkpoints_then_a_relaunch_resumes(data_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("sig", "exit_code"), [(signal.SIGTERM, 75), (signal.SIGINT, 130)], ids=["SIGTERM", "Ctrl-C"])
+def test_stop_signal_checkpoints_then_a_relaunch_resumes(data_dir: Path, tmp_path: Path, sig: signal.Signals,
+                                                         exit_code: int) -> None:
+    # No periodic checkpoint or eval before step 10_000: only the signal can save one.
     cfg = make_cfg(data_dir, steps=5000, max_epochs=1000, eval_interval=10_000, checkpoint_interval=10_000)
     cfg.save_yaml(tmp_path / "run.yaml")
     out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "scaling", "train", str(tmp_path / "run.yaml"), "--out", str(out),
-                             "--quiet"], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    cmd = ["scaling", "train", str(tmp_path / "run.yaml"), "--out", str(out), "--quiet"]
+    # Its own process group, as a terminal's foreground job: Ctrl-C signals the whole group.
+    proc = subprocess.Popen([sys.executable, "-m", *cmd], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
     try:
         deadline = time.monotonic() + 60
         while not (out / "metrics.parquet").exists() and time.monotonic() < deadline:  # first flush: step 100
             time.sleep(0.1)
-        proc.send_signal(signal.SIGTERM)
+        os.killpg(proc.pid, sig)
         stdout, stderr = proc.communicate(timeout=60)
     finally:
         proc.kill()
-    assert proc.returncode == 75, stderr
+    assert proc.returncode == exit_code, stderr
     info = read_run_json(out / "run.json")
     assert info is not None and info["status"] == "interrupted"
     stopped = info["result"]["steps"]
-    assert info["result"]["signal"] == "SIGTERM"
+    assert info["result"]["signal"] == sig.name
     assert 100 <= stopped < 5000 and f"interrupted at step {stopped}" in stdout
+    assert f"re-run `{shlex.join(cmd)}` to continue" in stdout
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == stopped
     resumed = train(cfg, out, stop_at_step=stopped + 3, verbose=False)
-    assert resumed.status == "interrupted" and resumed.steps == stopped + 3
+    assert resumed.status == "interrupted" and resumed.steps == stopped + 3 and resumed.signal is None
+
+
+def test_second_ctrl_c_stops_at_once_and_handlers_come_back() -> None:
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        with _StopSignal() as stop:
+            signal.raise_signal(signal.SIGINT)
+            assert stop.received == signal.SIGINT  # the first Ctrl-C only asks for a checkpoint
+            signal.raise_signal(signal.SIGINT)
+            pytest.fail("a second Ctrl-C must raise KeyboardInterrupt")
+    assert signal.getsignal(signal.SIGINT) is before
 
 
 # ----------------------------------------------------------------------------- health
