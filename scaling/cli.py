@@ -88,7 +88,10 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     request = plan.request_from_args(args)
     result = plan.make_plan(request)
     if args.out:
-        plan.to_sweep(result, name=args.name, data_path=args.data).save_yaml(args.out)
+        from pathlib import Path
+
+        # The sweep's name (and so its results folder) defaults to the spec's file name, as --help says.
+        plan.to_sweep(result, name=args.name or Path(args.out).stem, data_path=args.data).save_yaml(args.out)
     if args.json:
         import json
 

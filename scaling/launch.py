@@ -17,7 +17,8 @@ Safety rules:
 WSD cooldown branching (``train.schedule: wsd-branch``): each size's trunk and branches are runs
 of their own; ``launch`` holds a branch back until its trunk has kept the checkpoint it starts
 from, then submits it like any run. One rule for every executor, and no GPU or SLURM job sits
-waiting meanwhile; a trunk that ends without that checkpoint fails its waiting branches.
+waiting meanwhile; a trunk that ends without that checkpoint fails its waiting branches. As runs
+end, ``launch`` deletes the trunk checkpoints no unfinished run needs (``drop_spent_checkpoints``).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ __all__ = [
     "execute",
     "launch",
     "LaunchInterrupted",
+    "drop_spent_checkpoints",
     "progress",
     "format_status",
 ]
@@ -118,6 +120,40 @@ def run_state(out_dir: Path) -> dict[str, Any]:
     except json.JSONDecodeError:
         # run.json is written atomically; a bad one was edited by hand. Resume decides.
         return {"status": "unknown"}
+
+
+def drop_spent_checkpoints(tasks: list[RunTask]) -> list[Path]:
+    """Delete the trunk checkpoints that no unfinished run of ``tasks`` can need; return them.
+
+    A trunk's kept ``checkpoint_{step:06d}.pt`` (weights and Adam moments, 12 bytes per parameter)
+    goes once every branch that starts from it is done: a relaunch skips done runs, so nothing
+    reads it again. While any of them is not done (planned, running, interrupted, failed) it
+    stays, so that branch can still (re)start from it.
+
+    The trunk's own ``checkpoint.pt`` goes too once the trunk and all its branches are done. Only
+    a resume reads it, and a done trunk never resumes; any edit of the sweep's points changes the
+    trunk's config and so its run id, so no later sweep resumes it either. Nor is it a model anyone
+    evaluates (its LR never decayed). By default it is the last kept checkpoint itself (the trunk
+    ends at its last branch point, and keeping is a hard link), so keeping it would keep those bytes.
+    """
+    from scaling.results import branch_start_path, kept_checkpoint_path
+
+    unfinished = [t for t in tasks if run_state(t.out_dir).get("status") != "done"]
+    needed = {branch_start_path(t.config, t.out_dir) for t in unfinished}  # the very paths a branch reads
+    busy = {t.run_id for t in unfinished} | {t.config.lineage.trunk for t in unfinished if t.config.lineage}
+    dropped = []
+    for trunk in tasks:
+        lin = trunk.config.lineage
+        if lin is None or lin.trunk is not None:
+            continue
+        spent = [p for p in (kept_checkpoint_path(trunk.out_dir, k) for k in lin.keep_steps) if p not in needed]
+        if trunk.run_id not in busy:
+            spent.append(trunk.out_dir / "checkpoint.pt")
+        for path in spent:
+            if path.is_file():
+                path.unlink(missing_ok=True)
+                dropped.append(path)
+    return dropped
 
 
 @contextlib.contextmanager
@@ -621,13 +657,21 @@ def launch(
                     bar.update(1)
                 if finished:
                     write_runs_table(root, tasks)
+                    drop_spent_checkpoints(tasks)
                 bar.set_postfix_str(_running_summary(pending))
                 # A branch whose trunk is neither queued nor running will never get its checkpoint.
                 running = {j.task.run_id for j in pending}
                 for t in [t for t in held if t.config.lineage and t.config.lineage.trunk not in running]:
                     if not t.ready:
                         held.remove(t)
-                        orphans[t.run_id] = f"its trunk ended without keeping {branch_start_path(t.config, t.out_dir)}"
+                        start = branch_start_path(t.config, t.out_dir)
+                        assert start is not None
+                        # A done trunk is never resumed, so only retraining it brings the checkpoint back.
+                        orphans[t.run_id] = (
+                            f"{start} is gone and its trunk is done (a kept checkpoint is deleted once its branches "
+                            f"are done); delete {start.parent} and relaunch to retrain the trunk"
+                            if run_state(start.parent).get("status") == "done"
+                            else f"its trunk ended without keeping {start}")
                 if pending or held:
                     time.sleep(0.5)
         except KeyboardInterrupt:
@@ -640,6 +684,7 @@ def launch(
             raise LaunchInterrupted(f"interrupted: {note}; re-run `{resume_command}` to continue") from None
         bar.close()
         write_runs_table(root, tasks)
+        drop_spent_checkpoints(tasks)  # also those a launch that ended before this one left
     states = [run_state(t.out_dir) for t in tasks]
     failed = [t for t, s in zip(tasks, states) if s.get("status") != "done"]
     if failed:

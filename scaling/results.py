@@ -9,6 +9,9 @@ Layout::
     results/<sweep>/<run_id>/checkpoint.pt  latest checkpoint (never committed)
     results/<sweep>/<run_id>/checkpoint_000800.pt  a trunk's checkpoint kept at a branch point
 
+A trunk's checkpoints (kept ones, then its checkpoint.pt) are deleted once the runs that may
+need them are done (``scaling.launch.drop_spent_checkpoints``).
+
 A ``wsd-branch`` sweep's trunks are runs like any other on disk, but not rows of runs.parquet:
 a trunk is no (N, D) point. Its cost is in its branches' ``flops_cost_*`` columns instead.
 

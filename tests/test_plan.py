@@ -152,10 +152,10 @@ def test_data_constrained_flag_and_drop() -> None:
 def test_written_spec_loads_validates_and_resolves(tmp_path) -> None:
     out = tmp_path / "sweeps" / "small.yaml"
     r = run_cli("plan", "--budgets", "1e15,1e16", "--context", "256", "--vocab", "256",
-                "--out", str(out), "--name", "small")
+                "--out", str(out))
     assert r.returncode == 0, r.stderr
     sweep = SweepConfig.from_yaml(out)
-    assert sweep.name == "small" and len(sweep.runs) >= 10
+    assert sweep.name == "small" and len(sweep.runs) >= 10  # --name defaults to the spec's file name
     run = sweep.resolve(0)
     assert run.tokens == run.steps * run.train.batch_size * run.model.context
     assert run.budget_flops == 1e15
