@@ -14,7 +14,9 @@ import time
 
 import numpy as np
 
-from scaling.fit import PUBLISHED_LAWS, FitData, fit_approach3
+from scaling.fit import fit_approach3
+from scaling.laws import PUBLISHED_LAWS
+from scaling.results import FitData
 
 
 def isoflop_points(n_points: int, seed: int) -> FitData:

@@ -21,15 +21,18 @@ reads (e.g. ``--text ../shared/corpus/english.txt.xz --doc-sep blank-line --max-
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scaling import data  # noqa: E402
+from scaling import data, sources  # noqa: E402
+from scaling.prepare import prepare  # noqa: E402
 
 
 def _parse_bytes(text: str) -> int:
@@ -40,14 +43,15 @@ def _parse_bytes(text: str) -> int:
 
 def _kept_documents(meta: dict, source: str, paths: list[str], site_packages: bool, max_bytes: int | None) -> list[str]:
     """The documents prepare tokenized, in order, as text (read the way prepare reads them)."""
-    inputs = data._cap(data._text_inputs(paths) if source == "text" else data._pysrc_inputs(site_packages), max_bytes)
+    inputs = sources._cap(sources._text_inputs(paths) if source == "text" else sources._pysrc_inputs(site_packages),
+                          max_bytes)
     sep = meta["settings"]["doc_sep"]
     sep = {None: None, "none": None, "blank-line": b"\n\n"}.get(sep, sep.encode() if sep else None)
-    opts = data._DocOptions(doc_sep=sep, field=meta["settings"]["field"])
-    seen, docs, skipped = set(), [], data.Counter()
+    opts = sources._DocOptions(doc_sep=sep, field=meta["settings"]["field"])
+    seen, docs, skipped = set(), [], Counter()
     for inp in inputs:
-        for raw in data._documents(inp, opts, skipped):
-            h = data.hashlib.sha256(raw).digest()[:16]
+        for raw in sources._documents(inp, opts, skipped):
+            h = hashlib.sha256(raw).digest()[:16]
             if raw.strip() and h not in seen and b"\0" not in raw:
                 seen.add(h)
                 try:
@@ -76,8 +80,8 @@ def main() -> None:
         t_prepare = float("inf")
         for _ in range(args.repeat):
             t0 = time.perf_counter()
-            out = data.prepare(source, paths, tokenizer=args.tokenizer, out_dir=Path(tmp) / "ds", workers=args.workers,
-                               max_bytes=max_bytes, site_packages=args.site_packages, doc_sep=args.doc_sep, force=True)
+            out = prepare(source, paths, tokenizer=args.tokenizer, out_dir=Path(tmp) / "ds", workers=args.workers,
+                          max_bytes=max_bytes, site_packages=args.site_packages, doc_sep=args.doc_sep, force=True)
             t_prepare = min(t_prepare, time.perf_counter() - t0)
         meta = data.load_meta(out)
 

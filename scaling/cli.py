@@ -321,12 +321,13 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
     from scaling import data
+    from scaling.prepare import prepare
 
-    out = data.prepare(args.source, args.paths, tokenizer=args.tokenizer, out_dir=args.out, name=args.name,
-                       val_fraction=args.val_fraction, workers=args.workers, max_bytes=args.max_bytes,
-                       doc_sep=args.doc_sep, field=args.field, site_packages=args.site_packages,
-                       url_base=args.url_base, checksums=args.checksums, download_dir=args.download_dir,
-                       force=args.force, progress=not args.quiet)
+    out = prepare(args.source, args.paths, tokenizer=args.tokenizer, out_dir=args.out, name=args.name,
+                  val_fraction=args.val_fraction, workers=args.workers, max_bytes=args.max_bytes,
+                  doc_sep=args.doc_sep, field=args.field, site_packages=args.site_packages,
+                  url_base=args.url_base, checksums=args.checksums, download_dir=args.download_dir,
+                  force=args.force, progress=not args.quiet)
     print(data.describe(out))
     return 0
 
@@ -348,11 +349,11 @@ def _add_fit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ci", type=_float_arg("--ci"), default=0.95, help="interval level (default 0.95)")
 
 
-def _load_points(args: argparse.Namespace):  # -> fit.FitData (import kept lazy)
-    from scaling import fit
+def _load_points(args: argparse.Namespace):  # -> results.FitData (import kept lazy)
+    from scaling import results
 
-    return fit.load_points(args.sources, params_convention=args.params_convention, flops=args.flops,
-                           exclude=args.exclude)
+    return results.load_points(args.sources, params_convention=args.params_convention, flops=args.flops,
+                               exclude=args.exclude)
 
 
 def _add_fit(sub: argparse._SubParsersAction) -> None:
@@ -413,7 +414,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 def _cmd_predict(args: argparse.Namespace) -> int:
     import json
 
-    from scaling import fit, report
+    from scaling import fit, predict, report
     from scaling.errors import ConfigError
 
     if args.flops is None and (args.params is None or args.tokens is None):
@@ -424,13 +425,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         if "approach3" not in fits:
             raise ConfigError(f"--fit {args.fit} has no Approach 3 fit to predict a loss; "
                               "run scaling fit --approach 3 (or all)")
-        preds.append(fit.predict(fits["approach3"], args.params, args.tokens, ci=args.ci))
+        preds.append(predict.predict(fits["approach3"], args.params, args.tokens, ci=args.ci))
     if args.flops is not None:
         usable = [f for k, f in fits.items() if k in ("approach1", "approach2", "approach3") and f.usable]
         if not usable:
             raise ConfigError(f"--fit {args.fit} has no usable Approach 1, 2 or 3 fit to allocate compute with "
                               "(see scaling fit's messages); add runs and refit")
-        preds += [fit.predict_optimal(f, args.flops, ci=args.ci) for f in usable]
+        preds += [predict.predict_optimal(f, args.flops, ci=args.ci) for f in usable]
     if args.json:
         out = [p.to_dict() for p in preds]
         print(json.dumps(out[0] if len(out) == 1 else out, indent=1))
@@ -452,10 +453,10 @@ def _add_validate(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from scaling import fit, report
+    from scaling import predict, report
 
     data = _load_points(args)
-    result, rows = fit.validate(data, args.target, n_bootstrap=args.bootstrap, seed=args.seed, ci=args.ci)
+    result, rows = predict.validate(data, args.target, n_bootstrap=args.bootstrap, seed=args.seed, ci=args.ci)
     print(report.format_validation(result, rows))
     return 0 if all(r.inside for r in rows) else 1
 

@@ -34,9 +34,11 @@ from scaling.errors import ConfigError, LaunchError
 
 if TYPE_CHECKING:
     from scaling.config import SweepConfig
-    from scaling.fit import FitData, FitResult, ValidationRow
+    from scaling.fit import FitResult
     from scaling.launch import Executor
     from scaling.plan import PlanRequest
+    from scaling.predict import ValidationRow
+    from scaling.results import FitData
 
 __all__ = ["DemoScale", "FULL", "QUICK", "DemoResult", "demo_lr", "demo_sweep", "run_demo", "format_demo"]
 
@@ -179,8 +181,11 @@ def run_demo(out_dir: str | os.PathLike[str], quick: bool = False, *, progress: 
         Approach 3 is not identified by the sweep (its message says which term and why).
     """
     from scaling import fit, report
-    from scaling.data import describe, prepare
+    from scaling.data import describe
     from scaling.launch import LocalExecutor
+    from scaling.predict import predict, validate
+    from scaling.prepare import prepare
+    from scaling.results import load_points
 
     say = echo or (lambda line: print(line, flush=True))
     scale = QUICK if quick else FULL
@@ -208,7 +213,7 @@ def run_demo(out_dir: str | os.PathLike[str], quick: bool = False, *, progress: 
     _launch(sweep, results, LocalExecutor(devices=["cpu"], per_device=cores), progress, out)
 
     banner("fit: Chinchilla Approaches 1-3 and Kaplan's forms on the sweep")
-    data = fit.load_points([results / SWEEP], flops=FLOPS)
+    data = load_points([results / SWEEP], flops=FLOPS)
     fits, skipped = fit.fit_all(data, "all", n_bootstrap=scale.n_bootstrap, seed=0)
     fit_dir = out / "fit"
     fit_json = fit.save_fits(fit_dir / "fit.json", fits, skipped, data)
@@ -220,7 +225,7 @@ def run_demo(out_dir: str | os.PathLike[str], quick: bool = False, *, progress: 
     target = _target_sweep(sweep, req, fits, data, target_spec)
     target.save_yaml(target_spec)
     p, (n, d) = target.runs[0], _n_and_d(target)
-    pred = fit.predict(fits["approach3"], n, d)
+    pred = predict(fits["approach3"], n, d)
     say(f"  {TARGET_FIT} N_opt there {_si(target.plan[f'n_opt_{TARGET_FIT}'])}, best run at the largest budget "
         f"N {_si(target.plan['n_best_at_largest_budget'])}: the larger, snapped to a shape")
     say(f"  {p.name}: {p.model.n_layer} layers × d_model {p.model.d_model}, N {_si(n)}, D {_si(d)} tokens, "
@@ -232,8 +237,8 @@ def run_demo(out_dir: str | os.PathLike[str], quick: bool = False, *, progress: 
     _launch(target, results, LocalExecutor(devices=["cpu"], per_device=1), progress, out)
 
     banner("validate: fit on the sweep, predict the held-out target, compare")
-    both = fit.load_points([results / SWEEP, results / TARGET_SWEEP], flops=FLOPS)
-    vfit, rows = fit.validate(both, [TARGET_SWEEP], n_bootstrap=scale.n_bootstrap, seed=0)
+    both = load_points([results / SWEEP, results / TARGET_SWEEP], flops=FLOPS)
+    vfit, rows = validate(both, [TARGET_SWEEP], n_bootstrap=scale.n_bootstrap, seed=0)
     return DemoResult(out, data_dir, sweep_spec, target_spec, results / SWEEP, results / TARGET_SWEEP, fit_json,
                       html, req.budgets, float(target.plan["target_flops"]), fits, skipped, vfit, rows,
                       time.perf_counter() - t0)
@@ -298,9 +303,9 @@ def _target_sweep(sweep: SweepConfig, req: PlanRequest, fits: dict[str, FitResul
     than re-choosing it.
     """
     from scaling.config import SweepConfig, SweepPoint
-    from scaling.fit import predict_optimal
     from scaling.model import count_params, flops_per_token
     from scaling.plan import make_plan, shape_for
+    from scaling.predict import predict_optimal
 
     if path.is_file():
         with contextlib.suppress(ConfigError):

@@ -2,7 +2,7 @@
 
 Fit points are finished runs: N (parameters, "total" or "non-embedding"), D (tokens), C (FLOPs,
 "6nd" or "6nd+attn", always from ``scaling.model.flops_per_token``) and the final validation
-loss L, read from results folders or from a CSV/Parquet table (``load_points``).
+loss L, read from results folders or from a CSV/Parquet table (``scaling.results.load_points``).
 
 Every fit returns a ``FitResult``. Data that cannot support a fit (too few runs, one budget,
 NaN losses, a missing column) raises ``FitError``; an optimizer that fails on valid data is
@@ -15,7 +15,8 @@ intervals at level ``ci``. Approach 2 resamples runs within each budget (stratif
 IsoFLOP profile keeps its size. A resample that yields no fit, or (Approach 3) a law the data do
 not identify, is dropped and counted.
 
-This module also holds the published laws the planner and the reports compare against.
+The law forms and the published laws are in ``scaling.laws``; predictions from a fit and the
+held-out check in ``scaling.predict``.
 """
 
 from __future__ import annotations
@@ -25,130 +26,22 @@ import json
 import math
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from scaling.errors import ConfigError, FitError
+from scaling.laws import ParametricLaw, iso_flop_optimum
 
 if TYPE_CHECKING:
-    from scaling.config import ModelConfig
+    from scaling.results import FitData  # annotations only: else building the CLI parser loads pyarrow
 
 __all__ = [
-    "ParametricLaw", "AllocationLaw", "PUBLISHED_LAWS", "CHINCHILLA_TABLE3", "APPROACHES", "FitData",
-    "FitResult", "Prediction", "ValidationRow", "load_points", "hoffmann_grid", "iso_flop_optimum",
-    "fit_approach1", "fit_approach2", "fit_approach3", "fit_kaplan", "pareto_frontier", "fit_all", "predict",
-    "predict_optimal", "validate", "save_fits", "load_fits",
+    "APPROACHES", "FitResult", "hoffmann_grid", "fit_approach1", "fit_approach2", "fit_approach3",
+    "fit_kaplan", "pareto_frontier", "fit_all", "save_fits", "load_fits",
 ]
-
-
-@dataclass(frozen=True)
-class ParametricLaw:
-    """L(N, D) = E + A / N**alpha + B / D**beta (Hoffmann et al. 2022, Eq. 2).
-
-    Every formula is elementwise, so fields may also be numpy arrays (one law per bootstrap draw).
-    """
-
-    E: float
-    A: float
-    B: float
-    alpha: float
-    beta: float
-    name: str = ""
-    source: str = ""
-    params_convention: str = "total"
-
-    def loss(self, n_params: float, tokens: float) -> float:
-        """Predicted loss (nats/token) of a model of ``n_params`` trained on ``tokens``."""
-        return self.E + self.A / n_params**self.alpha + self.B / tokens**self.beta
-
-    @property
-    def a(self) -> float:
-        """Exponent of N_opt ∝ C^a: beta / (alpha + beta)."""
-        return self.beta / (self.alpha + self.beta)
-
-    @property
-    def G(self) -> float:
-        """G = (alpha·A / (beta·B))^(1/(alpha+beta)) (Hoffmann et al. 2022, Eq. 4)."""
-        return (self.alpha * self.A / (self.beta * self.B)) ** (1.0 / (self.alpha + self.beta))
-
-    def optimal(self, flops: float) -> tuple[float, float]:
-        """Compute-optimal (N, D) under C = 6·N·D: N_opt = G·(C/6)^a, D_opt = C / (6·N_opt)."""
-        n = self.G * (flops / 6.0) ** self.a
-        return n, flops / (6.0 * n)
-
-
-@dataclass(frozen=True)
-class AllocationLaw:
-    """N_opt = coef · (C / flops_unit)^exponent, D_opt = C / (6·N_opt)."""
-
-    coef: float
-    exponent: float
-    name: str
-    source: str
-    params_convention: str = "total"
-    flops_unit: float = 1.0
-
-    def optimal(self, flops: float) -> tuple[float, float]:
-        """Compute-optimal (N, D) for ``flops`` under this published allocation."""
-        n = self.coef * (flops / self.flops_unit) ** self.exponent
-        return n, flops / (6.0 * n)
-
-
-def _anchored(n_opt: float, at_flops: float, exponent: float, name: str, source: str) -> AllocationLaw:
-    """An allocation law through a published point (N_opt at C) with a published exponent."""
-    return AllocationLaw(coef=n_opt / at_flops**exponent, exponent=exponent, name=name, source=source)
-
-
-# Hoffmann et al. 2022, Table 3: (parameters, FLOPs, tokens) of compute-optimal models as
-# projected by Approach 1, with C = 6·N·D.
-CHINCHILLA_TABLE3: tuple[tuple[float, float, float], ...] = (
-    (400e6, 1.92e19, 8.0e9),
-    (1e9, 1.21e20, 20.2e9),
-    (10e9, 1.23e22, 205.1e9),
-    (67e9, 5.76e23, 1.5e12),
-    (175e9, 3.85e24, 3.7e12),
-    (280e9, 9.90e24, 5.9e12),
-    (520e9, 3.43e25, 11.0e12),
-    (1e12, 1.27e26, 21.2e12),
-    (10e12, 1.30e28, 216.2e12),
-)
-
-
-def _through_table3(exponent: float) -> float:
-    """Coefficient G of N = G·C^exponent closest (least squares in log N) to Table 3's rows."""
-    logs = [math.log(n) - exponent * math.log(c) for n, c, _ in CHINCHILLA_TABLE3]
-    return math.exp(sum(logs) / len(logs))
-
-
-_GOPHER_FLOPS = 5.76e23  # Gopher's training compute (Hoffmann et al. 2022, Table 3)
-
-# The published compute-optimal allocations. Approaches 1 and 2 publish exponents (Table 2),
-# not coefficients: Approach 1's line goes through its own projections (Table 3), Approach 2's
-# through its projection at Gopher's budget (Fig. 3: 63B). Approach 3 publishes the loss law
-# itself (Eq. 10); its rounded parameters give ~32B at Gopher's budget, not the 40B the paper
-# plots — a known rounding effect (Besiroglu et al. 2024). Kaplan et al. 2020 (Fig. 14) count
-# non-embedding parameters and measure C_min in PF-days (8.64e19 FLOPs).
-PUBLISHED_LAWS: dict[str, ParametricLaw | AllocationLaw] = {
-    "chinchilla_approach1": AllocationLaw(
-        coef=_through_table3(0.50), exponent=0.50, name="Chinchilla Approach 1",
-        source="Hoffmann et al. 2022, Table 2 (a=0.50), coefficient through Table 3"),
-    "chinchilla_approach2": _anchored(
-        63e9, _GOPHER_FLOPS, 0.49, "Chinchilla Approach 2",
-        "Hoffmann et al. 2022, Table 2 (a=0.49) and Fig. 3 (63B at 5.76e23 FLOPs)"),
-    "chinchilla_approach3": ParametricLaw(
-        E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28, name="Chinchilla Approach 3",
-        source="Hoffmann et al. 2022, Eq. 10"),
-    "epoch_approach3": ParametricLaw(
-        E=1.82, A=482.01, B=2085.43, alpha=0.3478, beta=0.3658, name="Epoch replication of Approach 3",
-        source="Besiroglu et al. 2024, 'Chinchilla Scaling: A replication attempt', Eq. 3"),
-    "kaplan2020": AllocationLaw(
-        coef=1.3e9, exponent=0.73, name="Kaplan et al. 2020", flops_unit=8.64e19,
-        params_convention="non-embedding",
-        source="Kaplan et al. 2020, Fig. 14: N = 1.3e9 · C_min[PF-day]^0.73 (non-embedding N)"),
-}
 
 # What each --approach runs; the Kaplan forms are three separate fits.
 APPROACHES: dict[str, tuple[str, ...]] = {
@@ -156,219 +49,6 @@ APPROACHES: dict[str, tuple[str, ...]] = {
     "kaplan": ("kaplan_N", "kaplan_D", "kaplan_C"),
     "all": ("approach1", "approach2", "approach3", "kaplan_N", "kaplan_D", "kaplan_C"),
 }
-
-# ----------------------------------------------------------------------------- fit points
-
-
-@dataclass(frozen=True, eq=False)
-class FitData:
-    """Fit points, one per finished run, under one pair of conventions.
-
-    ``curves[i]`` is run i's (C, L) at its evaluation steps (validation loss), or None where
-    no training curve is known (tables). ``budget`` is the planned IsoFLOP budget or NaN.
-    """
-
-    names: tuple[str, ...]
-    run_ids: tuple[str, ...]
-    sweeps: tuple[str, ...]
-    params: np.ndarray
-    tokens: np.ndarray
-    flops: np.ndarray
-    loss: np.ndarray
-    budget: np.ndarray
-    curves: tuple[tuple[np.ndarray, np.ndarray] | None, ...]
-    conventions: dict[str, str]
-    sources: tuple[str, ...]
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-    @classmethod
-    def from_arrays(cls, params: Any, tokens: Any, loss: Any, *, flops: Any = None, budget: Any = None,
-                    names: Sequence[str] | None = None, run_ids: Sequence[str] | None = None,
-                    sweeps: Sequence[str] | None = None, conventions: dict[str, str] | None = None,
-                    source: str = "arrays") -> FitData:
-        """Fit points from arrays (no training curves); C defaults to 6·N·D."""
-        N, D, L = (np.asarray(v, float) for v in (params, tokens, loss))
-        n = L.size
-        names = tuple(names) if names is not None else tuple(f"row{i + 1}" for i in range(n))
-        return cls(names, tuple(run_ids) if run_ids is not None else names,
-                   tuple(sweeps) if sweeps is not None else (Path(source).stem,) * n, N, D,
-                   6.0 * N * D if flops is None else np.asarray(flops, float), L,
-                   np.full(n, np.nan) if budget is None else np.asarray(budget, float), (None,) * n,
-                   conventions or {"params": "total", "flops": "6nd"}, (source,))
-
-    def subset(self, keep: np.ndarray) -> FitData:
-        """The points where boolean ``keep`` is True."""
-        idx = np.flatnonzero(keep)
-        pick = lambda seq: tuple(seq[i] for i in idx)  # noqa: E731
-        return replace(
-            self, names=pick(self.names), run_ids=pick(self.run_ids), sweeps=pick(self.sweeps),
-            params=self.params[idx], tokens=self.tokens[idx], flops=self.flops[idx],
-            loss=self.loss[idx], budget=self.budget[idx], curves=pick(self.curves))
-
-    def match(self, keys: Sequence[str], flag: str = "--target") -> np.ndarray:
-        """Points whose run name, run id or sweep (folder name or path) is one of ``keys``."""
-        hit = np.zeros(len(self), bool)
-        for key in keys:
-            k = {key, Path(key).name}
-            m = np.array([bool(k & {n, r, s}) for n, r, s in zip(self.names, self.run_ids, self.sweeps)])
-            if not m.any():
-                raise FitError(f"{flag} {key!r} matches no finished run name, run id or sweep "
-                               f"(sweeps: {', '.join(sorted(set(self.sweeps)))})")
-            hit |= m
-        return hit
-
-
-def _concat(parts: list[FitData]) -> FitData:
-    """One FitData from several sources' points."""
-    cat = lambda name: sum((getattr(p, name) for p in parts), ())  # noqa: E731
-    arr = lambda name: np.concatenate([getattr(p, name) for p in parts])  # noqa: E731
-    conv = {k: " + ".join(dict.fromkeys(p.conventions[k] for p in parts)) for k in ("params", "flops")}
-    return FitData(cat("names"), cat("run_ids"), cat("sweeps"), arr("params"), arr("tokens"),
-                   arr("flops"), arr("loss"), arr("budget"), cat("curves"), conv, cat("sources"))
-
-
-def _columns(path: Path) -> dict[str, list[Any]]:
-    """A CSV or Parquet file as {column: values}."""
-    import pyarrow.csv as pcsv
-    import pyarrow.parquet as pq
-
-    try:
-        table = pcsv.read_csv(path) if path.suffix.lower() == ".csv" else pq.read_table(path)
-    except Exception as e:  # pyarrow raises several types for a malformed file
-        raise FitError(f"{path}: cannot read as {path.suffix[1:] or 'a table'} ({e})") from None
-    return table.to_pydict()
-
-
-def _require(cols: dict[str, list[Any]], needed: Sequence[str], path: Path, hint: str) -> None:
-    missing = [c for c in needed if c not in cols]
-    if missing:
-        raise FitError(f"{path}: missing column(s) {', '.join(missing)}; {hint}")
-
-
-def _positive_finite(values: np.ndarray, column: str, path: Path, labels: Sequence[str]) -> None:
-    bad = [labels[i] for i in np.flatnonzero(~(np.isfinite(values) & (values > 0)))]
-    if bad:
-        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
-        raise FitError(f"{path}: column {column} must be finite and > 0; bad in "
-                       f"{', '.join(bad[:5])}{more} (drop or fix those rows)")
-
-
-def _load_table(path: Path, params: str, flops: str) -> FitData:
-    """A plain table: params, tokens, loss; optional flops, budget, name, run_id, sweep."""
-    cols = _columns(path)
-    _require(cols, ("params", "tokens", "loss"), path, "a table needs params, tokens, loss "
-             "(optional: flops, budget, name)")
-    n = len(cols["loss"])
-    num = lambda c: np.array([np.nan if v is None else v for v in cols[c]], float)  # noqa: E731
-    names = tuple(str(v) for v in cols["name"]) if "name" in cols else tuple(f"row{i + 1}" for i in range(n))
-    N, D, L = num("params"), num("tokens"), num("loss")
-    for column, values in (("params", N), ("tokens", D), ("loss", L)):
-        _positive_finite(values, column, path, names)
-    if "flops" in cols:
-        C, flops = num("flops"), f"as given ({path.name})"
-        _positive_finite(C, "flops", path, names)
-    elif flops == "6nd":
-        C = None
-    else:
-        raise FitError(f"{path}: --flops {flops} needs a flops column (a table has no model shapes)")
-    return FitData.from_arrays(
-        N, D, L, flops=C, budget=num("budget") if "budget" in cols else None, names=names,
-        run_ids=[str(v) for v in cols["run_id"]] if "run_id" in cols else None,
-        sweeps=[str(v) for v in cols["sweep"]] if "sweep" in cols else None,
-        conventions={"params": params, "flops": flops}, source=str(path))
-
-
-_RUN_COLUMNS = ("run_id", "name", "status", "n_layer", "d_model", "n_head", "d_ff", "context",
-                "vocab_size", "n_params_total", "n_params_nonembedding", "tokens", "val_loss")
-
-
-def _model_config(row: dict[str, Any], run_dir: Path) -> ModelConfig:
-    """The run's ModelConfig: its config.yaml when present (exact flags), else the row's shape."""
-    import yaml
-
-    from scaling.config import ModelConfig
-
-    shape = {k: row[k] for k in ("n_layer", "d_model", "n_head", "d_ff", "context", "vocab_size")}
-    saved = run_dir / "config.yaml"
-    if saved.is_file():
-        model = (yaml.safe_load(saved.read_text()) or {}).get("model") or {}
-        shape.update({k: model[k] for k in ("tied_embeddings", "bias") if k in model})
-    return ModelConfig(**shape)
-
-
-def _load_sweep(folder: Path, params: str, flops: str) -> FitData:
-    """One results folder: finished runs from runs.parquet, curves from each metrics.parquet."""
-    from scaling.model import flops_per_token
-
-    path = folder / "runs.parquet"
-    cols = _columns(path)
-    _require(cols, _RUN_COLUMNS, path, "it must follow scaling.results.RUNS_SCHEMA")
-    rows = [dict(zip(cols, vals)) for vals in zip(*cols.values())]
-    rows = [r for r in rows if r["status"] == "done" and r["val_loss"] is not None
-            and math.isfinite(r["val_loss"])]
-    n_col = "n_params_total" if params == "total" else "n_params_nonembedding"
-    names = tuple(str(r["name"]) for r in rows)
-    N = np.array([np.nan if r[n_col] is None else r[n_col] for r in rows], float)
-    D = np.array([r.get("tokens_done") or r["tokens"] or np.nan for r in rows], float)
-    L = np.array([r["val_loss"] for r in rows], float)
-    for column, values in ((n_col, N), ("tokens", D), ("val_loss", L)):
-        _positive_finite(values, column, path, names)
-    fpt = np.array([flops_per_token(_model_config(r, folder / r["run_id"]), params, flops) for r in rows])
-    curves = []
-    for r, per_token in zip(rows, fpt):
-        metrics = folder / r["run_id"] / "metrics.parquet"
-        curve = None
-        if metrics.is_file():
-            m = _columns(metrics)
-            t = np.array([np.nan if v is None else v for v in m.get("tokens", [])], float)
-            v = np.array([np.nan if v is None else v for v in m.get("val_loss", [])], float)
-            ok = np.isfinite(t) & np.isfinite(v) & (t > 0) & (v > 0)
-            order = np.argsort(t[ok])
-            curve = (per_token * t[ok][order], v[ok][order]) if ok.sum() >= 2 else None
-        curves.append(curve)
-    budget = np.array([r.get("budget_flops") or np.nan for r in rows], float)
-    return FitData(names, tuple(r["run_id"] for r in rows), (folder.name,) * len(rows), N, D, fpt * D,
-                   L, budget, tuple(curves), {"params": params, "flops": flops}, (str(folder),))
-
-
-def load_points(sources: Sequence[str | os.PathLike[str]], *, params_convention: str = "total",
-                flops: str = "6nd", exclude: Sequence[str] = ()) -> FitData:
-    """Fit points from results folders and/or tables.
-
-    A source is a sweep folder (holding runs.parquet), a folder of sweep folders, or a CSV /
-    Parquet table with columns params, tokens, loss. Only runs with status "done" and a finite
-    val_loss are points. ``exclude`` drops runs by name, run id or sweep.
-
-    Raises
-    ------
-    FitError
-        A source is missing or unreadable, a column is missing, a value is NaN or <= 0, or no
-        point is left.
-    """
-    parts = []
-    for source in sources:
-        path = Path(source)
-        if path.is_file() and path.name == "runs.parquet":
-            path = path.parent
-        if path.is_file():
-            parts.append(_load_table(path, params_convention, flops))
-        elif (path / "runs.parquet").is_file():
-            parts.append(_load_sweep(path, params_convention, flops))
-        elif path.is_dir() and (subs := sorted(p.parent for p in path.glob("*/runs.parquet"))):
-            parts.extend(_load_sweep(p, params_convention, flops) for p in subs)
-        else:
-            raise FitError(f"{path}: not a results folder (no runs.parquet in it or its subfolders) "
-                           "nor a CSV/Parquet table with columns params, tokens, loss")
-    data = _concat(parts)
-    if exclude:
-        data = data.subset(~data.match(exclude, "--exclude"))
-    if not len(data):
-        raise FitError(f"no finished runs (status 'done' with a finite val_loss) in "
-                       f"{', '.join(map(str, sources))}; train some first or pass a table")
-    return data
-
 
 # ----------------------------------------------------------------------------- results
 
@@ -721,7 +401,6 @@ def _drop_outside_domain(thetas: np.ndarray, lN: np.ndarray, lD: np.ndarray, lL:
 _ALLOCATION_6ND = "closed form under C = 6·N·D: N_opt = G·(C/6)^a (Hoffmann et al. 2022, Eq. 4)"
 _ALLOCATION_RATIO = ("numeric under C = f(N)·N·D, f = the runs' C/(N·D) interpolated in log N (held at the "
                      "end values beyond the sizes trained): N_opt minimises L(N, C/(f(N)·N))")
-_ISO_SPAN, _ISO_GRID, _GOLDEN_STEPS = 5.0, 201, 30
 
 
 def _flops_ratio(data: FitData) -> dict[str, list[float]] | None:
@@ -732,42 +411,6 @@ def _flops_ratio(data: FitData) -> dict[str, list[float]] | None:
     log_n, inverse = np.unique(np.log(data.params), return_inverse=True)
     log_f = np.log(data.flops / (data.params * data.tokens))
     return {"log_n": log_n.tolist(), "log_ratio": (np.bincount(inverse, log_f) / np.bincount(inverse)).tolist()}
-
-
-def iso_flop_optimum(law: ParametricLaw, flops: Any,
-                     ratio: dict[str, list[float]] | None = None) -> tuple[Any, Any]:
-    """Compute-optimal (N, D) of ``law`` at C = ``flops``: the N lowest on C's IsoFLOP curve.
-
-    With ``ratio`` None, C = 6·N·D and the closed form ``law.optimal`` applies. Otherwise
-    C = f(N)·N·D, with log f interpolated linearly in log N through ``ratio`` (``log_n``,
-    ``log_ratio``) and held at its end values beyond them, and N_opt minimises
-    L(N, C/(f(N)·N)): on a grid of log N within ±5 nats of the closed form at f's mean, then
-    by golden-section search between the grid minimum's neighbours. Elementwise over ``flops``
-    and the law's fields, which broadcast as numpy arrays.
-    """
-    if ratio is None:
-        return law.optimal(flops)
-    knots, log_f = np.asarray(ratio["log_n"], float), np.asarray(ratio["log_ratio"], float)
-    E, A, B, al, be = (np.asarray(getattr(law, k), float)[..., None] for k in ("E", "A", "B", "alpha", "beta"))
-    log_c = np.log(np.asarray(flops, float))[..., None]
-
-    def loss(log_n: np.ndarray) -> np.ndarray:
-        log_d = log_c - log_n - np.interp(log_n, knots, log_f)
-        return E + A * np.exp(-al * log_n) + B * np.exp(-be * log_d)
-
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        centre = np.log(law.G) + law.a * (log_c[..., 0] - log_f.mean())
-        grid = np.asarray(centre)[..., None] + np.linspace(-_ISO_SPAN, _ISO_SPAN, _ISO_GRID)
-        values = loss(grid)
-        i = np.clip(np.where(np.isnan(values), np.inf, values).argmin(-1), 1, _ISO_GRID - 2)[..., None]
-        lo, hi = np.take_along_axis(grid, i - 1, -1), np.take_along_axis(grid, i + 1, -1)
-        g = (math.sqrt(5.0) - 1.0) / 2.0
-        for _ in range(_GOLDEN_STEPS):  # the bracket shrinks by g per step: 0.1 nats to 5e-8
-            m1, m2 = hi - g * (hi - lo), lo + g * (hi - lo)
-            left = loss(m1) < loss(m2)
-            lo, hi = np.where(left, lo, m1), np.where(left, m2, hi)
-        log_n = (0.5 * (lo + hi))[..., 0]
-        return np.exp(log_n), np.asarray(flops, float) / np.exp(log_n + np.interp(log_n, knots, log_f))
 
 
 def fit_approach3(data: FitData, *, n_bootstrap: int = 1000, seed: int = 0, ci: float = 0.95,
@@ -1092,136 +735,3 @@ def load_fits(path: str | os.PathLike[str]) -> dict[str, FitResult]:
     if not isinstance(doc, dict) or doc.get("format") != _FORMAT:
         raise FitError(f"--fit {path}: not a fit.json written by scaling fit (format {_FORMAT})")
     return {k: FitResult.from_dict(v) for k, v in doc["fits"].items()}
-
-
-# ----------------------------------------------------------------------------- predict, validate
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """A prediction with its interval; ``loss`` is None where the law predicts no loss."""
-
-    method: str
-    n_params: float
-    tokens: float
-    flops: float | None
-    loss: float | None
-    intervals: dict[str, tuple[float, float] | None]
-    ci: float
-    included: str
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-safe dict of every field."""
-        return _json_safe({f.name: getattr(self, f.name) for f in fields(self)})
-
-
-def _noise(fit: FitResult, size: int) -> np.ndarray:
-    """Residual noise draws in log space, resampled from the fit's residuals (fixed seed)."""
-    res = np.asarray(fit.residuals, float)
-    return np.random.default_rng(fit.seed).choice(res, size) if res.size else np.zeros(size)
-
-
-def _included(k: int, noise: bool) -> str:
-    """What a prediction interval includes, in words."""
-    if not k:
-        return "no bootstrap draws, so no interval (fit with --bootstrap > 0)"
-    return f"bootstrap distribution of the fit ({k} resamples of runs)" + (
-        " times exp(a log-space residual of the full-data fit, resampled): parameter uncertainty "
-        "plus run-to-run scatter" if noise else ": parameter uncertainty only")
-
-
-def _sampled_law(fit: FitResult) -> ParametricLaw | None:
-    """One law per bootstrap draw (arrays) of an Approach 3 fit; None without draws."""
-    s = fit.samples
-    return ParametricLaw(*(np.asarray(s[k]) for k in ("E", "A", "B", "alpha", "beta"))) if s else None
-
-
-def predict(fit: FitResult, n_params: float, tokens: float, *, ci: float | None = None) -> Prediction:
-    """Loss of N = ``n_params`` trained on D = ``tokens`` under an Approach 3 fit, with interval.
-
-    The interval is a percentile interval of L(N, D; θ_b)·exp(ε_b) over the bootstrap draws θ_b,
-    with ε_b drawn from the full-data fit's log residuals: parameter uncertainty plus the
-    scatter of single runs about the law. Pure: the same fit gives the same interval. Without
-    bootstrap draws (``n_bootstrap`` 0) the interval is None. Raises FitError for a fit the
-    data do not identify (``FitResult.law``).
-    """
-    law, laws, ci = fit.law(), _sampled_law(fit), fit.ci if ci is None else ci
-    iv, k = None, 0
-    if laws is not None:
-        loss_b = laws.loss(n_params, tokens)
-        iv, k = _interval(loss_b * np.exp(_noise(fit, loss_b.size)), ci), loss_b.size
-    return Prediction(fit.method, n_params, tokens, None, float(law.loss(n_params, tokens)),
-                      {"loss": iv}, ci, _included(k, True))
-
-
-def predict_optimal(fit: FitResult, flops: float, *, ci: float | None = None) -> Prediction:
-    """Compute-optimal N, D (and loss, for Approach 3) at C = ``flops``, with intervals.
-
-    Approach 3 minimises its L(N, D) on C's IsoFLOP curve under the fit's FLOP convention
-    (``FitResult.optimal``: N_opt = G·(C/6)^a under C = 6·N·D, Hoffmann et al. Eq. 4);
-    Approaches 1 and 2 use their fitted power laws. N and D intervals are bootstrap percentiles
-    (no residual term); the loss interval adds residual noise as in ``predict``.
-
-    Raises
-    ------
-    FitError
-        A Kaplan fit, or an Approach 3 fit the data do not identify.
-    """
-    ci = fit.ci if ci is None else ci
-    s = {k: np.asarray(v) for k, v in fit.samples.items()}
-    n_b = d_b = loss_b = np.array([])
-    if fit.method == "approach3":
-        n, d = fit.optimal(flops)
-        loss = float(fit.law().loss(n, d))
-        if (laws := _sampled_law(fit)) is not None:
-            n_b, d_b = iso_flop_optimum(laws, flops, fit.details.get("flops_ratio"))
-            loss_b = laws.loss(n_b, d_b) * np.exp(_noise(fit, n_b.size))
-    elif fit.method in ("approach1", "approach2"):
-        p, loss = fit.params, None
-        n, d = p["k_N"] * flops ** p["a"], p["k_D"] * flops ** p["b"]
-        if s:
-            n_b, d_b = s["k_N"] * flops ** s["a"], s["k_D"] * flops ** s["b"]
-    else:
-        raise FitError(f"{fit.method} gives no compute-optimal allocation; use approach 1, 2 or 3")
-    return Prediction(fit.method, float(n), float(d), flops, loss,
-                      {"n_params": _interval(n_b, ci), "tokens": _interval(d_b, ci), "loss": _interval(loss_b, ci)},
-                      ci, _included(n_b.size, loss is not None))
-
-
-@dataclass(frozen=True)
-class ValidationRow:
-    """One held-out run: the Approach 3 prediction for its (N, D) against its actual loss.
-
-    ``rel_error`` is (predicted − actual) / actual; ``inside``: actual within ``interval``.
-    """
-
-    name: str
-    run_id: str
-    n_params: float
-    tokens: float
-    actual: float
-    predicted: float
-    interval: tuple[float, float] | None
-    rel_error: float
-    inside: bool
-
-
-def validate(data: FitData, targets: Sequence[str], *, n_bootstrap: int = 1000, seed: int = 0,
-             ci: float = 0.95, grid: np.ndarray | None = None) -> tuple[FitResult, list[ValidationRow]]:
-    """Fit Approach 3 on every run except ``targets`` (names, run ids or sweeps); predict each target."""
-    if n_bootstrap < 1:
-        raise ConfigError(f"--bootstrap must be >= 1 to validate: the check needs prediction intervals "
-                          f"(got {n_bootstrap})")
-    held = data.match(targets)
-    if (~held).sum() < 5:
-        raise FitError(f"holding out {int(held.sum())} run(s) leaves {int((~held).sum())} to fit; Approach 3 "
-                       "needs at least 5 (add results folders with more runs, or hold out fewer)")
-    fit = fit_approach3(data.subset(~held), n_bootstrap=n_bootstrap, seed=seed, ci=ci, grid=grid)
-    rows = []
-    for i in np.flatnonzero(held):
-        p = predict(fit, float(data.params[i]), float(data.tokens[i]))
-        iv, actual = p.intervals["loss"], float(data.loss[i])
-        rows.append(ValidationRow(data.names[i], data.run_ids[i], float(data.params[i]), float(data.tokens[i]),
-                                  actual, p.loss, iv, (p.loss - actual) / actual,
-                                  bool(iv and iv[0] <= actual <= iv[1])))
-    return fit, rows

@@ -52,7 +52,7 @@ from scaling.config import (
     branch_costs,
 )
 from scaling.errors import ConfigError
-from scaling.fit import PUBLISHED_LAWS
+from scaling.laws import PUBLISHED_LAWS
 from scaling.model import count_params, flops_per_token
 
 __all__ = [

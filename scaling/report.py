@@ -16,7 +16,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from scaling.fit import PUBLISHED_LAWS, FitData, FitResult, Prediction, ValidationRow, pareto_frontier
+from scaling.fit import FitResult, pareto_frontier
+from scaling.laws import PUBLISHED_LAWS
+from scaling.predict import Prediction, ValidationRow, predict_optimal
+from scaling.results import FitData
 
 __all__ = [
     "format_fits", "format_prediction", "format_validation", "plot_isoflop", "plot_loss_vs_compute",
@@ -79,8 +82,6 @@ def format_fits(fits: dict[str, FitResult], skipped: dict[str, str], data: FitDa
 
 def _side_by_side(fits: dict[str, FitResult]) -> list[str]:
     """Compute-optimal N, D at the largest C fitted, from each usable approach and the published laws."""
-    from scaling.fit import predict_optimal
-
     alloc = [f for f in fits.values() if f.method in ("approach1", "approach2", "approach3") and f.usable]
     if not alloc:
         return []
@@ -199,8 +200,6 @@ def plot_loss_vs_compute(data: FitData, fits: dict[str, FitResult], path: str | 
 
 def plot_allocation(fits: dict[str, FitResult], data: FitData, path: str | os.PathLike[str]) -> Path:
     """N_opt and D_opt vs C from each usable approach, with the published Chinchilla lines for reference."""
-    from scaling.fit import predict_optimal
-
     fig, axes = _figure(2)
     c = np.geomspace(data.flops.min() / 3.0, data.flops.max() * 30.0, 60)
     styles = {"approach1": "tab:blue", "approach2": "tab:orange", "approach3": "tab:green"}

@@ -18,19 +18,27 @@ a trunk is no (N, D) point. Its cost is in its branches' ``flops_cost_*`` column
 Column names carry their units. Missing values are null, never a sentinel like 0.0.
 FLOPs columns count C with N = total parameters; ``flops_6nd_attn`` adds 12·L·d·T per token
 (see ``scaling.model.flops_per_token``). Other conventions are recomputed from the N columns.
+
+Reading back for a fit: ``load_points`` turns results folders (finished runs of runs.parquet,
+their curves from metrics.parquet) or plain CSV/Parquet tables into ``FitData``, one point per
+run under one pair of conventions; a bad source raises ``FitError``.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from scaling.config import atomic_write_text, branch_costs
+from scaling.config import ModelConfig, atomic_write_text, branch_costs
+from scaling.errors import FitError
 
 if TYPE_CHECKING:
     from scaling.config import RunConfig
@@ -48,6 +56,8 @@ __all__ = [
     "write_runs_table",
     "kept_checkpoint_path",
     "branch_start_path",
+    "FitData",
+    "load_points",
 ]
 
 METRICS_SCHEMA = pa.schema(
@@ -257,3 +267,214 @@ def write_runs_table(sweep_dir: str | os.PathLike[str], tasks: list[RunTask]) ->
     table = pa.Table.from_pylist(rows, schema=RUNS_SCHEMA)
     write_parquet_atomic(table, Path(sweep_dir) / "runs.parquet")
     return table
+
+
+# ----------------------------------------------------------------------------- reading back: fit points
+
+
+@dataclass(frozen=True, eq=False)
+class FitData:
+    """Fit points, one per finished run, under one pair of conventions.
+
+    ``curves[i]`` is run i's (C, L) at its evaluation steps (validation loss), or None where
+    no training curve is known (tables). ``budget`` is the planned IsoFLOP budget or NaN.
+    """
+
+    names: tuple[str, ...]
+    run_ids: tuple[str, ...]
+    sweeps: tuple[str, ...]
+    params: np.ndarray
+    tokens: np.ndarray
+    flops: np.ndarray
+    loss: np.ndarray
+    budget: np.ndarray
+    curves: tuple[tuple[np.ndarray, np.ndarray] | None, ...]
+    conventions: dict[str, str]
+    sources: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    @classmethod
+    def from_arrays(cls, params: Any, tokens: Any, loss: Any, *, flops: Any = None, budget: Any = None,
+                    names: Sequence[str] | None = None, run_ids: Sequence[str] | None = None,
+                    sweeps: Sequence[str] | None = None, conventions: dict[str, str] | None = None,
+                    source: str = "arrays") -> FitData:
+        """Fit points from arrays (no training curves); C defaults to 6·N·D."""
+        N, D, L = (np.asarray(v, float) for v in (params, tokens, loss))
+        n = L.size
+        names = tuple(names) if names is not None else tuple(f"row{i + 1}" for i in range(n))
+        return cls(names, tuple(run_ids) if run_ids is not None else names,
+                   tuple(sweeps) if sweeps is not None else (Path(source).stem,) * n, N, D,
+                   6.0 * N * D if flops is None else np.asarray(flops, float), L,
+                   np.full(n, np.nan) if budget is None else np.asarray(budget, float), (None,) * n,
+                   conventions or {"params": "total", "flops": "6nd"}, (source,))
+
+    def subset(self, keep: np.ndarray) -> FitData:
+        """The points where boolean ``keep`` is True."""
+        idx = np.flatnonzero(keep)
+        pick = lambda seq: tuple(seq[i] for i in idx)  # noqa: E731
+        return replace(
+            self, names=pick(self.names), run_ids=pick(self.run_ids), sweeps=pick(self.sweeps),
+            params=self.params[idx], tokens=self.tokens[idx], flops=self.flops[idx],
+            loss=self.loss[idx], budget=self.budget[idx], curves=pick(self.curves))
+
+    def match(self, keys: Sequence[str], flag: str = "--target") -> np.ndarray:
+        """Points whose run name, run id or sweep (folder name or path) is one of ``keys``."""
+        hit = np.zeros(len(self), bool)
+        for key in keys:
+            k = {key, Path(key).name}
+            m = np.array([bool(k & {n, r, s}) for n, r, s in zip(self.names, self.run_ids, self.sweeps)])
+            if not m.any():
+                raise FitError(f"{flag} {key!r} matches no finished run name, run id or sweep "
+                               f"(sweeps: {', '.join(sorted(set(self.sweeps)))})")
+            hit |= m
+        return hit
+
+
+def _concat(parts: list[FitData]) -> FitData:
+    """One FitData from several sources' points."""
+    cat = lambda name: sum((getattr(p, name) for p in parts), ())  # noqa: E731
+    arr = lambda name: np.concatenate([getattr(p, name) for p in parts])  # noqa: E731
+    conv = {k: " + ".join(dict.fromkeys(p.conventions[k] for p in parts)) for k in ("params", "flops")}
+    return FitData(cat("names"), cat("run_ids"), cat("sweeps"), arr("params"), arr("tokens"),
+                   arr("flops"), arr("loss"), arr("budget"), cat("curves"), conv, cat("sources"))
+
+
+def _columns(path: Path) -> dict[str, list[Any]]:
+    """A CSV or Parquet file as {column: values}."""
+    import pyarrow.csv as pcsv
+
+    try:
+        table = pcsv.read_csv(path) if path.suffix.lower() == ".csv" else pq.read_table(path)
+    except Exception as e:  # pyarrow raises several types for a malformed file
+        raise FitError(f"{path}: cannot read as {path.suffix[1:] or 'a table'} ({e})") from None
+    return table.to_pydict()
+
+
+def _require(cols: dict[str, list[Any]], needed: Sequence[str], path: Path, hint: str) -> None:
+    missing = [c for c in needed if c not in cols]
+    if missing:
+        raise FitError(f"{path}: missing column(s) {', '.join(missing)}; {hint}")
+
+
+def _positive_finite(values: np.ndarray, column: str, path: Path, labels: Sequence[str]) -> None:
+    bad = [labels[i] for i in np.flatnonzero(~(np.isfinite(values) & (values > 0)))]
+    if bad:
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        raise FitError(f"{path}: column {column} must be finite and > 0; bad in "
+                       f"{', '.join(bad[:5])}{more} (drop or fix those rows)")
+
+
+def _load_table(path: Path, params: str, flops: str) -> FitData:
+    """A plain table: params, tokens, loss; optional flops, budget, name, run_id, sweep."""
+    cols = _columns(path)
+    _require(cols, ("params", "tokens", "loss"), path, "a table needs params, tokens, loss "
+             "(optional: flops, budget, name)")
+    n = len(cols["loss"])
+    num = lambda c: np.array([np.nan if v is None else v for v in cols[c]], float)  # noqa: E731
+    names = tuple(str(v) for v in cols["name"]) if "name" in cols else tuple(f"row{i + 1}" for i in range(n))
+    N, D, L = num("params"), num("tokens"), num("loss")
+    for column, values in (("params", N), ("tokens", D), ("loss", L)):
+        _positive_finite(values, column, path, names)
+    if "flops" in cols:
+        C, flops = num("flops"), f"as given ({path.name})"
+        _positive_finite(C, "flops", path, names)
+    elif flops == "6nd":
+        C = None
+    else:
+        raise FitError(f"{path}: --flops {flops} needs a flops column (a table has no model shapes)")
+    return FitData.from_arrays(
+        N, D, L, flops=C, budget=num("budget") if "budget" in cols else None, names=names,
+        run_ids=[str(v) for v in cols["run_id"]] if "run_id" in cols else None,
+        sweeps=[str(v) for v in cols["sweep"]] if "sweep" in cols else None,
+        conventions={"params": params, "flops": flops}, source=str(path))
+
+
+_RUN_COLUMNS = ("run_id", "name", "status", "n_layer", "d_model", "n_head", "d_ff", "context",
+                "vocab_size", "n_params_total", "n_params_nonembedding", "tokens", "val_loss")
+
+
+def _model_config(row: dict[str, Any], run_dir: Path) -> ModelConfig:
+    """The run's ModelConfig: its config.yaml when present (exact flags), else the row's shape."""
+    import yaml
+
+    shape = {k: row[k] for k in ("n_layer", "d_model", "n_head", "d_ff", "context", "vocab_size")}
+    saved = run_dir / "config.yaml"
+    if saved.is_file():
+        model = (yaml.safe_load(saved.read_text()) or {}).get("model") or {}
+        shape.update({k: model[k] for k in ("tied_embeddings", "bias") if k in model})
+    return ModelConfig(**shape)
+
+
+def _load_sweep(folder: Path, params: str, flops: str) -> FitData:
+    """One results folder: finished runs from runs.parquet, curves from each metrics.parquet."""
+    from scaling.model import flops_per_token
+
+    path = folder / "runs.parquet"
+    cols = _columns(path)
+    _require(cols, _RUN_COLUMNS, path, "it must follow scaling.results.RUNS_SCHEMA")
+    rows = [dict(zip(cols, vals)) for vals in zip(*cols.values())]
+    rows = [r for r in rows if r["status"] == "done" and r["val_loss"] is not None
+            and math.isfinite(r["val_loss"])]
+    n_col = "n_params_total" if params == "total" else "n_params_nonembedding"
+    names = tuple(str(r["name"]) for r in rows)
+    N = np.array([np.nan if r[n_col] is None else r[n_col] for r in rows], float)
+    D = np.array([r.get("tokens_done") or r["tokens"] or np.nan for r in rows], float)
+    L = np.array([r["val_loss"] for r in rows], float)
+    for column, values in ((n_col, N), ("tokens", D), ("val_loss", L)):
+        _positive_finite(values, column, path, names)
+    fpt = np.array([flops_per_token(_model_config(r, folder / r["run_id"]), params, flops) for r in rows])
+    curves = []
+    for r, per_token in zip(rows, fpt):
+        metrics = folder / r["run_id"] / "metrics.parquet"
+        curve = None
+        if metrics.is_file():
+            m = _columns(metrics)
+            t = np.array([np.nan if v is None else v for v in m.get("tokens", [])], float)
+            v = np.array([np.nan if v is None else v for v in m.get("val_loss", [])], float)
+            ok = np.isfinite(t) & np.isfinite(v) & (t > 0) & (v > 0)
+            order = np.argsort(t[ok])
+            curve = (per_token * t[ok][order], v[ok][order]) if ok.sum() >= 2 else None
+        curves.append(curve)
+    budget = np.array([r.get("budget_flops") or np.nan for r in rows], float)
+    return FitData(names, tuple(r["run_id"] for r in rows), (folder.name,) * len(rows), N, D, fpt * D,
+                   L, budget, tuple(curves), {"params": params, "flops": flops}, (str(folder),))
+
+
+def load_points(sources: Sequence[str | os.PathLike[str]], *, params_convention: str = "total",
+                flops: str = "6nd", exclude: Sequence[str] = ()) -> FitData:
+    """Fit points from results folders and/or tables.
+
+    A source is a sweep folder (holding runs.parquet), a folder of sweep folders, or a CSV /
+    Parquet table with columns params, tokens, loss. Only runs with status "done" and a finite
+    val_loss are points. ``exclude`` drops runs by name, run id or sweep.
+
+    Raises
+    ------
+    FitError
+        A source is missing or unreadable, a column is missing, a value is NaN or <= 0, or no
+        point is left.
+    """
+    parts = []
+    for source in sources:
+        path = Path(source)
+        if path.is_file() and path.name == "runs.parquet":
+            path = path.parent
+        if path.is_file():
+            parts.append(_load_table(path, params_convention, flops))
+        elif (path / "runs.parquet").is_file():
+            parts.append(_load_sweep(path, params_convention, flops))
+        elif path.is_dir() and (subs := sorted(p.parent for p in path.glob("*/runs.parquet"))):
+            parts.extend(_load_sweep(p, params_convention, flops) for p in subs)
+        else:
+            raise FitError(f"{path}: not a results folder (no runs.parquet in it or its subfolders) "
+                           "nor a CSV/Parquet table with columns params, tokens, loss")
+    data = _concat(parts)
+    if exclude:
+        data = data.subset(~data.match(exclude, "--exclude"))
+    if not len(data):
+        raise FitError(f"no finished runs (status 'done' with a finite val_loss) in "
+                       f"{', '.join(map(str, sources))}; train some first or pass a table")
+    return data
+

@@ -30,13 +30,13 @@ from conftest import SlurmCluster
 from scaling import fit
 from scaling.config import (BranchGroup, BranchPoint, DataConfig, LaunchConfig, ModelConfig, RunConfig, SlurmConfig,
                             SweepConfig, SweepPoint, TrainConfig, trunk_shares)
-from scaling.data import prepare
 from scaling.errors import ConfigError, LaunchError
 from scaling.launch import (DebugExecutor, Executor, Job, RunTask, SlurmExecutor, format_status, launch, run_state,
                             sweep_tasks)
 from scaling.model import count_params
 from scaling.plan import PlanRequest, branched_flops, make_plan, to_sweep
-from scaling.results import RUNS_SCHEMA, kept_checkpoint_path, read_metrics, write_run_json
+from scaling.prepare import prepare
+from scaling.results import RUNS_SCHEMA, kept_checkpoint_path, load_points, read_metrics, write_run_json
 from scaling.train import RunResult, lr_at, train
 from test_train import free_port
 
@@ -291,7 +291,7 @@ def test_a_branch_is_exactly_the_from_scratch_wsd_run_and_costs_its_share(data_d
     for r in b.values():  # a from-scratch run costs what it trains
         assert r["flops_cost_6nd"] == r["flops_6nd"] and r["branch_of"] is None and r["branch_tokens"] is None
     # The fitter sees ordinary (N, D, loss) points.
-    points = fit.load_points([tmp_path / "br"])
+    points = load_points([tmp_path / "br"])
     assert sorted(points.tokens.tolist()) == [s * BATCH * CONTEXT for s in steps]
     # status: a tree, the trunk first.
     lines = format_status(tmp_path / "br").splitlines()
@@ -528,7 +528,7 @@ def test_branched_sweep_matches_from_scratch_cosine_at_about_half_the_flops(data
     assert ratio == pytest.approx((0.8 * 320 + 0.2 * 800) / 800)  # 0.52 for four evenly spaced counts
 
     # Approach 3 on each sweep: each exponent's estimate lies inside the other fit's interval.
-    fits = {name: fit.fit_approach3(fit.load_points([tmp_path / name]), n_bootstrap=100, seed=0)
+    fits = {name: fit.fit_approach3(load_points([tmp_path / name]), n_bootstrap=100, seed=0)
             for name in ("cosine", "branched")}
     for key in ("alpha", "beta", "a"):
         for mine, other in (("cosine", "branched"), ("branched", "cosine")):

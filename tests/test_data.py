@@ -16,10 +16,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from scaling import data
+from scaling import data, sources
+from scaling import prepare as prep  # the module; `prepare` is its function
 from scaling.cli import main
-from scaling.data import TokenLoader, get_tokenizer, load_meta, prepare, token_dtype
+from scaling.data import TokenLoader, get_tokenizer, load_meta, token_dtype
+from scaling.download import download
 from scaling.errors import ConfigError, DataError
+from scaling.prepare import prepare
 
 TIKTOKEN_CACHE = Path(__file__).resolve().parents[2] / "shared" / "tiktoken_cache"
 SEP = "\n<|endoftext|>\n"
@@ -101,7 +104,7 @@ def test_split_stream_finds_separators_across_block_edges(docs: list[bytes], blo
     if sep == b"\n\n":  # no document may end or start with the newline that would form one
         docs = [d.strip(b"\n") for d in docs]
     stream = io.BytesIO(sep.join(docs))
-    assert list(data._split_stream(stream, sep, None, block_size)) == (docs or [b""])
+    assert list(sources._split_stream(stream, sep, None, block_size)) == (docs or [b""])
 
 
 def test_gpt2_matches_tiktoken_and_round_trips(tiktoken_cache: Path) -> None:
@@ -285,7 +288,7 @@ def test_prepare_text_reads_every_format_and_skips_junk(tmp_path: Path) -> None:
 
 def test_split_is_by_document_hash_and_worker_count_does_not_change_the_output(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(data, "_CHUNK_BYTES", 200)  # many small tasks, so ordering is exercised
+    monkeypatch.setattr(prep, "_CHUNK_BYTES", 200)  # many small tasks, so ordering is exercised
     docs = [f"document number {i} " * (1 + i % 7) for i in range(300)]
     (tmp_path / "in.txt").write_text(SEP.join(docs))
     one, two = (prepare("text", [str(tmp_path / "in.txt")], tokenizer="bytes", out_dir=tmp_path / f"w{n}", workers=n,
@@ -332,9 +335,9 @@ def test_rerun_is_a_no_op_and_a_changed_input_rebuilds(tmp_path: Path) -> None:
 
 
 def test_an_interrupted_run_leaves_nothing_that_looks_complete(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(data, "_CHUNK_BYTES", 100)
+    monkeypatch.setattr(prep, "_CHUNK_BYTES", 100)
     (tmp_path / "in.txt").write_text(SEP.join(f"document {i} " * 5 for i in range(100)))
-    real, calls = data._encode_chunk, []
+    real, calls = prep._encode_chunk, []
 
     def interrupted(task):
         calls.append(1)
@@ -342,16 +345,16 @@ def test_an_interrupted_run_leaves_nothing_that_looks_complete(tmp_path: Path, m
             raise KeyboardInterrupt
         return real(task)
 
-    monkeypatch.setattr(data, "_encode_chunk", interrupted)
+    monkeypatch.setattr(prep, "_encode_chunk", interrupted)
     with pytest.raises(KeyboardInterrupt):
         prepare("text", [str(tmp_path / "in.txt")], tokenizer="bytes", out_dir=tmp_path / "new", workers=1)
     assert not (tmp_path / "new").exists()
     # Over an existing dataset, a failed rebuild leaves the old one whole and loadable.
-    monkeypatch.setattr(data, "_encode_chunk", real)
+    monkeypatch.setattr(prep, "_encode_chunk", real)
     old = prepare("text", [str(tmp_path / "in.txt")], tokenizer="bytes", out_dir=tmp_path / "old", workers=1)
     before = {p.name: p.read_bytes() for p in old.iterdir()}
     calls.clear()
-    monkeypatch.setattr(data, "_encode_chunk", interrupted)
+    monkeypatch.setattr(prep, "_encode_chunk", interrupted)
     with pytest.raises(KeyboardInterrupt):
         prepare("text", [str(tmp_path / "in.txt")], tokenizer="bytes", out_dir=old, workers=1, force=True)
     assert {p.name: p.read_bytes() for p in old.iterdir()} == before
@@ -502,8 +505,8 @@ def test_download_resumes_an_interrupted_transfer(server: _Server, tmp_path: Pat
     body = bytes(range(256)) * 4000  # ~1 MB
     server.files["big.bin"] = body
     server.drop_after["big.bin"] = 300_000
-    digest = data.download(url(server, "big.bin"), tmp_path / "big.bin", sha256=hashlib.sha256(body).hexdigest(),
-                           size=len(body), backoff_s=0.01, progress=False)
+    digest = download(url(server, "big.bin"), tmp_path / "big.bin", sha256=hashlib.sha256(body).hexdigest(),
+                      size=len(body), backoff_s=0.01, progress=False)
     assert (tmp_path / "big.bin").read_bytes() == body and digest == hashlib.sha256(body).hexdigest()
     assert server.requests == [("big.bin", None), ("big.bin", "bytes=300000-")]
     assert not (tmp_path / "big.bin.part").exists()
@@ -512,17 +515,17 @@ def test_download_resumes_an_interrupted_transfer(server: _Server, tmp_path: Pat
 def test_download_rejects_a_corrupt_file(server: _Server, tmp_path: Path) -> None:
     server.files["f.txt"] = b"corrupted bytes"
     with pytest.raises(DataError, match=r"has sha256 [0-9a-f]{64}, expected 0{64}: the file was corrupt and is del"):
-        data.download(url(server, "f.txt"), tmp_path / "f.txt", sha256="0" * 64, progress=False)
+        download(url(server, "f.txt"), tmp_path / "f.txt", sha256="0" * 64, progress=False)
     assert not (tmp_path / "f.txt").exists() and not (tmp_path / "f.txt.part").exists()
 
 
 def test_download_http_and_network_errors(server: _Server, tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"/missing.txt: HTTP 404 .*--url-base"):
-        data.download(url(server, "missing.txt"), tmp_path / "m", progress=False)
+        download(url(server, "missing.txt"), tmp_path / "m", progress=False)
     server.files["cut.txt"] = b"x" * 1000
     server.drop_after["cut.txt"] = 10
     with pytest.raises(DataError, match=r"failed 1 times \(last: connection closed after 10 of 1000 bytes\).*resumes from .*cut.txt.part"):
-        data.download(url(server, "cut.txt"), tmp_path / "cut.txt", retries=0, progress=False)
+        download(url(server, "cut.txt"), tmp_path / "cut.txt", retries=0, progress=False)
     assert (tmp_path / "cut.txt.part").stat().st_size == 10  # kept: the next run resumes from it
 
 

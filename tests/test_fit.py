@@ -21,25 +21,27 @@ import pytest
 from scaling import fit as F
 from scaling.cli import main
 from scaling.errors import FitError
-from scaling.results import METRICS_SCHEMA, RUNS_SCHEMA, write_parquet_atomic
+from scaling.laws import CHINCHILLA_TABLE3, PUBLISHED_LAWS, ParametricLaw, iso_flop_optimum
+from scaling.predict import predict, predict_optimal, validate
+from scaling.results import METRICS_SCHEMA, RUNS_SCHEMA, FitData, load_points, write_parquet_atomic
 
-CHINCHILLA = F.PUBLISHED_LAWS["chinchilla_approach3"]
-EPOCH = F.PUBLISHED_LAWS["epoch_approach3"]
+CHINCHILLA = PUBLISHED_LAWS["chinchilla_approach3"]
+EPOCH = PUBLISHED_LAWS["epoch_approach3"]
 SMALL_GRID = F.hoffmann_grid()[::5]  # 900 of the paper's 4,500 starts, to keep tests fast
 
 
 # ----------------------------------------------------------------------------- synthetic data
 
 
-def isoflop_table(law: F.ParametricLaw, budgets: np.ndarray, sizes: int = 9, spread: float = 4.0,
-                  noise: float = 0.01, seed: int = 0) -> F.FitData:
+def isoflop_table(law: ParametricLaw, budgets: np.ndarray, sizes: int = 9, spread: float = 4.0,
+                  noise: float = 0.01, seed: int = 0) -> FitData:
     """Runs on an IsoFLOP grid centred on the law's optimum, loss · exp(N(0, noise))."""
     n_opt = np.array([law.optimal(c)[0] for c in budgets])
     N = (n_opt[:, None] * np.geomspace(1 / spread, spread, sizes)[None]).ravel()
     C = np.repeat(budgets, sizes)
     D = C / (6.0 * N)
     L = law.loss(N, D) * np.exp(np.random.default_rng(seed).normal(0.0, noise, N.size))
-    return F.FitData.from_arrays(N, D, L, budget=C)
+    return FitData.from_arrays(N, D, L, budget=C)
 
 
 def _shapes() -> list:
@@ -50,7 +52,7 @@ def _shapes() -> list:
             for k in range(1, 13)]
 
 
-def write_sweep(root: Path, name: str, law: F.ParametricLaw, budgets: list[float], *, sizes: int = 5,
+def write_sweep(root: Path, name: str, law: ParametricLaw, budgets: list[float], *, sizes: int = 5,
                 noise: float = 0.005, seed: int = 0, evals: int = 20) -> Path:
     """results/<name>/ as the runner leaves it, for runs near each budget's optimum.
 
@@ -90,7 +92,7 @@ def write_sweep(root: Path, name: str, law: F.ParametricLaw, budgets: list[float
     return folder
 
 
-def write_csv(path: Path, data: F.FitData, extra: dict[str, list] | None = None) -> Path:
+def write_csv(path: Path, data: FitData, extra: dict[str, list] | None = None) -> Path:
     cols = {"params": data.params, "tokens": data.tokens, "loss": data.loss, **(extra or {})}
     lines = [",".join(cols)] + [",".join(map(str, row)) for row in zip(*cols.values())]
     path.write_text("\n".join(lines) + "\n")
@@ -126,10 +128,10 @@ def test_table3_allocations():
     # within 5% (the 67B row is the worst: 6·67e9·1.5e12 = 6.03e23 vs 5.76e23 printed) and lie on
     # one power law of exponent 0.50, Approach 1's a (Table 2); the published Approach 1 line
     # gives every row's N within 2.5% and D within 6% (5.6% off at the 67B row, as above).
-    N, C, D = (np.array(col) for col in zip(*F.CHINCHILLA_TABLE3))
+    N, C, D = (np.array(col) for col in zip(*CHINCHILLA_TABLE3))
     assert np.allclose(6 * N * D, C, rtol=0.05)
     assert np.polyfit(np.log(C), np.log(N), 1)[0] == pytest.approx(0.50, abs=0.005)
-    n1, d1 = F.PUBLISHED_LAWS["chinchilla_approach1"].optimal(C)
+    n1, d1 = PUBLISHED_LAWS["chinchilla_approach1"].optimal(C)
     assert np.allclose(n1, N, rtol=0.025) and np.allclose(d1, D, rtol=0.06)
     # The rounded Eq. 10 law does NOT give Table 3: its exponent 0.45 < 0.50 puts N_opt 23%
     # lower at 400M and 70% lower at 10T (32B instead of 67B at Gopher's budget), a known
@@ -197,13 +199,13 @@ def test_bootstrap_is_reproducible_from_its_seed():
     assert (a.n_bootstrap, a.seed, c.seed) == (40, 7, 8)
 
 
-def degenerate_table(case: str) -> F.FitData:
+def degenerate_table(case: str) -> FitData:
     """Runs that cannot identify Approach 3's law: all at one N, or a loss that ignores N."""
     if case == "one_n":
         N, D = np.full(12, 1e8), np.geomspace(1e9, 1e11, 12)
-        return F.FitData.from_arrays(N, D, CHINCHILLA.loss(N, D))
+        return FitData.from_arrays(N, D, CHINCHILLA.loss(N, D))
     d = isoflop_table(CHINCHILLA, np.geomspace(1e18, 1e21, 4), sizes=7, noise=0.0)
-    return F.FitData.from_arrays(d.params, d.tokens, CHINCHILLA.E + CHINCHILLA.B / d.tokens**CHINCHILLA.beta,
+    return FitData.from_arrays(d.params, d.tokens, CHINCHILLA.E + CHINCHILLA.B / d.tokens**CHINCHILLA.beta,
                                  budget=d.budget)
 
 
@@ -223,7 +225,7 @@ def test_approach3_not_identified_is_reported_and_predicts_nothing(tmp_path, cas
     assert "no bootstrap: the full-data law is not identified" in fit.notes
     back = F.load_fits(F.save_fits(tmp_path / "fit.json", {"approach3": fit}, {}, degenerate_table(case)))["approach3"]
     for f in (fit, back):
-        for call in (lambda: F.predict(f, 1e9, 2e10), lambda: F.predict_optimal(f, 1e21), f.law):
+        for call in (lambda: predict(f, 1e9, 2e10), lambda: predict_optimal(f, 1e21), f.law):
             with pytest.raises(FitError, match="^the approach3 fit predicts nothing: the data do not identify") as e:
                 call()
             assert "\n" not in str(e.value)
@@ -249,14 +251,14 @@ def test_approach3_allocation_under_6nd_attn_matches_brute_force():
     # curve under that convention: the closed form (C = 6ND) puts N_opt 9-14% too low here.
     d = isoflop_table(CHINCHILLA, np.geomspace(1e18, 1e21, 4), sizes=7, noise=0.0)
     attn = lambda n: 6.0 * n * (3e8 / n) ** 0.5  # noqa: E731
-    data = F.FitData.from_arrays(d.params, d.tokens, d.loss, flops=(6.0 * d.params + attn(d.params)) * d.tokens,
+    data = FitData.from_arrays(d.params, d.tokens, d.loss, flops=(6.0 * d.params + attn(d.params)) * d.tokens,
                                  conventions={"params": "total", "flops": "6nd+attn"})
     fit = F.fit_approach3(data, n_bootstrap=10, grid=SMALL_GRID)
     assert fit.success and fit.details["allocation"].startswith("numeric under C = f(N)·N·D")
     law, ratio = fit.law(), fit.details["flops_ratio"]
     n = np.geomspace(data.params.min(), data.params.max(), 400_001)
     for c in (1e19, 1e20, 1e21):
-        p = F.predict_optimal(fit, c)
+        p = predict_optimal(fit, c)
         # Against brute force with the ratio the fit interpolates: the minimiser itself.
         f = np.exp(np.interp(np.log(n), ratio["log_n"], ratio["log_ratio"]))
         n_bf = n[np.argmin(law.loss(n, c / (f * n)))]
@@ -268,12 +270,12 @@ def test_approach3_allocation_under_6nd_attn_matches_brute_force():
         assert law.optimal(c)[0] < 0.92 * n_true  # what C = 6ND would have said
         lo, hi = p.intervals["n_params"]
         assert lo <= p.n_params <= hi
-    assert fit.params["N_opt_ref"] == pytest.approx(F.predict_optimal(fit, data.flops.max()).n_params)
+    assert fit.params["N_opt_ref"] == pytest.approx(predict_optimal(fit, data.flops.max()).n_params)
     # Under 6nd the closed form stays, and the numeric minimiser agrees with it at f = 6.
     six = F.fit_approach3(d, n_bootstrap=0, grid=SMALL_GRID)
     assert six.details["allocation"].startswith("closed form") and six.details["flops_ratio"] is None
     flat = {"log_n": [15.0, 25.0], "log_ratio": [math.log(6.0)] * 2}
-    n6, d6 = F.iso_flop_optimum(six.law(), np.array([1e19, 1e21]), flat)
+    n6, d6 = iso_flop_optimum(six.law(), np.array([1e19, 1e21]), flat)
     assert np.allclose(n6, six.law().optimal(np.array([1e19, 1e21]))[0], rtol=1e-6)
 
 
@@ -312,7 +314,7 @@ def test_approach2_groups_a_plain_table_by_log_compute():
     # No budget column: C within 0.05 decades (12%) of its neighbour is the same budget.
     d = isoflop_table(CHINCHILLA, np.array([1e18, 1e19, 1e20]), sizes=5)
     jitter = np.tile([1.0, 1.03, 0.97, 1.02, 0.99], 3)
-    data = F.FitData.from_arrays(d.params, d.tokens * jitter, d.loss)
+    data = FitData.from_arrays(d.params, d.tokens * jitter, d.loss)
     fit = F.fit_approach2(data, n_bootstrap=0)
     assert [b["n_runs"] for b in fit.details["budgets"]] == [5, 5, 5]
     assert [round(math.log10(b["flops"])) for b in fit.details["budgets"]] == [18, 19, 20]
@@ -322,7 +324,7 @@ def test_approach2_profile_without_minimum_is_reported_not_raised():
     d = isoflop_table(CHINCHILLA, np.array([1e18, 1e19]), sizes=5, noise=0.0)
     loss = d.loss.copy()
     loss[5:] = 3.0 - 0.01 * (np.log(d.params[5:]) - np.log(d.params[5:]).mean()) ** 2  # opens downward
-    fit = F.fit_approach2(F.FitData.from_arrays(d.params, d.tokens, loss, budget=d.budget), n_bootstrap=20)
+    fit = F.fit_approach2(FitData.from_arrays(d.params, d.tokens, loss, budget=d.budget), n_bootstrap=20)
     assert not fit.success and fit.status == 2
     assert any("opens downward" in n for n in fit.notes)
 
@@ -335,7 +337,7 @@ def test_approach1_recovers_the_exponent_from_training_curves(tmp_path, seed):
     # Envelope sizes are the discrete shapes of _shapes(), so the estimate sits ~0.01 low
     # (10 seeds: 0.426-0.460 for a true 0.4516), well inside its interval (~0.34-0.52).
     folder = write_sweep(tmp_path, "s1", CHINCHILLA, list(np.geomspace(1e14, 1e17, 7)), sizes=7, seed=seed)
-    fit = F.fit_approach1(F.load_points([folder]), n_bootstrap=200, seed=seed)
+    fit = F.fit_approach1(load_points([folder]), n_bootstrap=200, seed=seed)
     assert fit.success and fit.n_points > 20
     lo, hi = fit.intervals["a"]
     assert lo <= CHINCHILLA.a <= hi and hi - lo < 0.25
@@ -349,8 +351,8 @@ def test_kaplan_forms_recover_power_laws(seed):
     rng = np.random.default_rng(seed)
     N, D = np.geomspace(1e6, 1e10, 30), np.geomspace(1e8, 1e12, 30)
     noise = np.exp(rng.normal(0, 0.003, 30))
-    by_n = F.FitData.from_arrays(N, np.full(30, 1e12), (8.8e13 / N) ** 0.076 * noise)
-    by_d = F.FitData.from_arrays(np.full(30, 1e9), D, (5.4e13 / D) ** 0.095 * noise)
+    by_n = FitData.from_arrays(N, np.full(30, 1e12), (8.8e13 / N) ** 0.076 * noise)
+    by_d = FitData.from_arrays(np.full(30, 1e9), D, (5.4e13 / D) ** 0.095 * noise)
     for data, form, alpha, xc in ((by_n, "N", 0.076, 8.8e13), (by_d, "D", 0.095, 5.4e13)):
         fit = F.fit_kaplan(data, form, n_bootstrap=200, seed=seed)
         assert all(_truth_inside(fit, {f"alpha_{form}": alpha, f"{form}_c": xc}).values()), fit
@@ -370,11 +372,11 @@ def test_results_folder_points_and_conventions(tmp_path):
     from scaling.model import flops_per_token
 
     folder = write_sweep(tmp_path, "s1", CHINCHILLA, [1e15, 1e16], sizes=3)
-    total = F.load_points([folder])
+    total = load_points([folder])
     assert len(total) == 6 and "s1-failed" not in total.names and "s1-nan" not in total.names
     assert total.conventions == {"params": "total", "flops": "6nd"}
     assert np.allclose(total.flops, 6 * total.params * total.tokens)
-    other = F.load_points([folder], params_convention="non-embedding", flops="6nd+attn")
+    other = load_points([folder], params_convention="non-embedding", flops="6nd+attn")
     assert other.conventions == {"params": "non-embedding", "flops": "6nd+attn"}
     assert np.all(other.params < total.params)
     cfg = ModelConfig(n_layer=2, d_model=128, n_head=2, d_ff=512, context=256, vocab_size=512)
@@ -386,11 +388,11 @@ def test_results_folder_points_and_conventions(tmp_path):
 def test_several_sources_exclude_and_tables(tmp_path):
     write_sweep(tmp_path / "results", "a", CHINCHILLA, [1e15], sizes=3)
     write_sweep(tmp_path / "results", "b", CHINCHILLA, [1e16], sizes=3)
-    both = F.load_points([tmp_path / "results"])
+    both = load_points([tmp_path / "results"])
     assert sorted(set(both.sweeps)) == ["a", "b"] and len(both) == 6
-    assert set(F.load_points([tmp_path / "results"], exclude=["b"]).sweeps) == {"a"}
+    assert set(load_points([tmp_path / "results"], exclude=["b"]).sweeps) == {"a"}
     table = write_csv(tmp_path / "t.csv", both, {"name": list(both.names)})
-    from_table = F.load_points([table], exclude=[both.names[0]])
+    from_table = load_points([table], exclude=[both.names[0]])
     assert len(from_table) == 5 and from_table.names == both.names[1:]
     assert from_table.conventions == {"params": "total", "flops": "6nd"}
 
@@ -420,7 +422,7 @@ def test_degenerate_input_is_one_line_exit_2(tmp_path, capsys, case, expected):
     elif case in ("nan", "negative"):
         loss = d.loss.copy()
         loss[1 if case == "nan" else 2] = np.nan if case == "nan" else -1.0
-        write_csv(path, F.FitData.from_arrays(d.params, d.tokens, loss))
+        write_csv(path, FitData.from_arrays(d.params, d.tokens, loss))
     elif case == "missing":
         path.write_text("params,loss\n1e8,3.0\n")
     elif case == "empty":
@@ -455,12 +457,12 @@ def test_predict_is_pure_and_its_interval_covers_the_law():
     data = isoflop_table(CHINCHILLA, np.geomspace(1e18, 1e21, 5), seed=2)
     fit = F.fit_approach3(data, n_bootstrap=200, grid=SMALL_GRID)
     # Extrapolate one decade past the largest budget, at a non-optimal shape.
-    p1, p2 = F.predict(fit, 5e9, 2e11), F.predict(fit, 5e9, 2e11)
+    p1, p2 = predict(fit, 5e9, 2e11), predict(fit, 5e9, 2e11)
     assert p1 == p2
     lo, hi = p1.intervals["loss"]
     assert lo < p1.loss < hi and lo <= CHINCHILLA.loss(5e9, 2e11) <= hi
     assert "residual" in p1.included and "200 resamples" in p1.included
-    opt = F.predict_optimal(fit, 1e22)
+    opt = predict_optimal(fit, 1e22)
     n, d = fit.law().optimal(1e22)
     assert (opt.n_params, opt.tokens) == pytest.approx((n, d))
     assert opt.intervals["n_params"][0] <= CHINCHILLA.optimal(1e22)[0] <= opt.intervals["n_params"][1]
@@ -473,14 +475,14 @@ def test_validate_flags_a_target_outside_its_interval(tmp_path, capsys):
     big = [n for n, b in zip(names, data.budget) if b == 1e21]  # hold out the largest budget
     # 99% intervals: at 95%, 4 of 72 such targets (8 seeds) fell outside, as calibrated
     # intervals should, so a 95% test would fail by design on some data.
-    fit, rows = F.validate(F.load_points([path]), big, n_bootstrap=100, ci=0.99, grid=SMALL_GRID)
+    fit, rows = validate(load_points([path]), big, n_bootstrap=100, ci=0.99, grid=SMALL_GRID)
     assert fit.n_points == len(data) - len(big) and [r.name for r in rows] == big
     assert all(r.inside for r in rows), rows
     code, out, _ = _cli(capsys, "validate", str(path), "--target", *big, "--bootstrap", "100", "--ci", "0.99")
     assert code == 0 and f"{len(big)}/{len(big)} inside" in out
     bad = data.loss.copy()
     bad[-1] *= 1.3  # a target 30% worse than the law
-    path = write_csv(tmp_path / "bad.csv", F.FitData.from_arrays(data.params, data.tokens, bad), {"name": names})
+    path = write_csv(tmp_path / "bad.csv", FitData.from_arrays(data.params, data.tokens, bad), {"name": names})
     code, out, _ = _cli(capsys, "validate", str(path), "--target", *big, "--bootstrap", "100", "--ci", "0.99")
     assert code == 1 and "NO" in out and f"{len(big) - 1}/{len(big)} inside" in out
     code, _, err = _cli(capsys, "validate", str(path), "--target", "nope")

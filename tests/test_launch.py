@@ -17,9 +17,9 @@ import pytest
 import torch
 
 from scaling.config import DataConfig, ModelConfig, SweepConfig, SweepPoint, TrainConfig
-from scaling.data import prepare
 from scaling.errors import LaunchError
 from scaling.launch import LocalExecutor, _flock, format_status, launch, run_state, sweep_tasks
+from scaling.prepare import prepare
 from scaling.results import RUNS_SCHEMA
 
 

@@ -14,8 +14,8 @@ import pytest
 
 from conftest import SlurmCluster
 from scaling.config import DataConfig, LaunchConfig, ModelConfig, SlurmConfig, SweepConfig, SweepPoint, TrainConfig
-from scaling.data import prepare
 from scaling.launch import SlurmExecutor, launch, run_state, sweep_tasks
+from scaling.prepare import prepare
 
 pytestmark = pytest.mark.slurm
 

@@ -12,7 +12,7 @@ import pytest
 
 from scaling.config import Conventions, SweepConfig
 from scaling.errors import ConfigError
-from scaling.fit import CHINCHILLA_TABLE3, PUBLISHED_LAWS
+from scaling.laws import CHINCHILLA_TABLE3, PUBLISHED_LAWS
 from scaling.model import count_params, flops_per_token
 from scaling.plan import PlanRequest, make_plan, parse_budgets, shape_for, to_sweep
 

@@ -11,6 +11,8 @@ from test_fit import CHINCHILLA, SMALL_GRID, degenerate_table, isoflop_table, wr
 
 from scaling import fit as F
 from scaling import report
+from scaling.predict import ValidationRow, predict, predict_optimal
+from scaling.results import load_points
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -40,20 +42,20 @@ def test_format_fits_shows_every_fit_side_by_side(table_fits):
 
 def test_format_prediction_and_validation(table_fits):
     _, fits, _ = table_fits
-    p = F.predict(fits["approach3"], 1e9, 2e10)
+    p = predict(fits["approach3"], 1e9, 2e10)
     text = report.format_prediction(p)
     assert f"loss {p.loss:.4g} [{p.intervals['loss'][0]:.4g}, {p.intervals['loss'][1]:.4g}] (95%)" in text
     assert "interval: bootstrap distribution of the fit (40 resamples of runs) times exp(" in text
-    text = report.format_prediction(F.predict_optimal(fits["approach2"], 1e22))
+    text = report.format_prediction(predict_optimal(fits["approach2"], 1e22))
     assert text.startswith("approach2: C = 1e+22 → N_opt") and "parameter uncertainty only" in text
-    row = F.ValidationRow("big-run", "id1", 1e9, 2e10, 2.5, 2.4, (2.3, 2.45), -0.04, False)
+    row = ValidationRow("big-run", "id1", 1e9, 2e10, 2.5, 2.4, (2.3, 2.45), -0.04, False)
     text = report.format_validation(fits["approach3"], [row])
     assert "big-run" in text and "-4.00%" in text and "NO" in text and "0/1 inside" in text
 
 
 def test_write_report_embeds_every_plot(tmp_path):
     folder = write_sweep(tmp_path, "s1", CHINCHILLA, list(np.geomspace(1e14, 1e17, 4)), sizes=5)
-    data = F.load_points([folder])
+    data = load_points([folder])
     fits, skipped = F.fit_all(data, "all", n_bootstrap=20, grid=SMALL_GRID)
     page = report.write_report(fits, skipped, data, tmp_path / "out")
     pngs = sorted(p.name for p in (tmp_path / "out").glob("*.png"))
