@@ -505,7 +505,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; return the exit code (0 ok, 2 user error, 130 interrupted)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # argparse gives a nargs="*" positional only the words before the first option, so the
+    # dotted overrides of `launch SPEC --executor slurm launch.slurm.partition=gpu` come back
+    # unrecognised: they are overrides all the same, wherever they stand.
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if not hasattr(args, "overrides") or any(x.startswith("-") or "=" not in x for x in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
     args.argv = sys.argv[1:] if argv is None else argv
     try:
         return int(args.func(args) or 0)

@@ -742,7 +742,7 @@ def format_status(sweep_dir: str | os.PathLike[str]) -> str:
     tasks = sweep_tasks(sweep, root.parent)
     labels = _tree_labels(tasks)
     width = max(28, *map(len, labels.values()))
-    lines = [f"{'run':<{width}} {'status':<22} {'tokens done/planned':>21} {'loss':>7} {'val':>7} {'ETA':>8}"]
+    rows: list[tuple[str, ...]] = []
     counts: dict[str, int] = {}
     for t in tasks:
         status = str(run_state(t.out_dir).get("status"))
@@ -756,8 +756,11 @@ def format_status(sweep_dir: str | os.PathLike[str]) -> str:
             eta = _duration((t.config.tokens - done) / p["tokens_per_s"])
         loss = f"{p['train_loss']:.3f}" if p.get("train_loss") is not None else "-"
         val = f"{p['val_loss']:.3f}" if p.get("val_loss") is not None else "-"
-        lines.append(f"{labels[t.run_id]:<{width}} {status[:22]:<22} {done:>10,}/{t.config.tokens:<10,} {loss:>7} "
-                     f"{val:>7} {eta:>8}")
+        rows.append((labels[t.run_id], status[:22], f"{done:,}/{t.config.tokens:,}", loss, val, eta))
+    # The tokens column is as wide as its widest entry: billions of tokens need more than 21.
+    tw = max(len("tokens done/planned"), *(len(r[2]) for r in rows)) if rows else 0
+    lines = [f"{'run':<{width}} {'status':<22} {'tokens done/planned':>{tw}} {'loss':>7} {'val':>7} {'ETA':>8}"]
+    lines += [f"{r:<{width}} {st:<22} {tok:>{tw}} {lo:>7} {va:>7} {eta:>8}" for r, st, tok, lo, va, eta in rows]
     lines.append(", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
     return "\n".join(lines)
 

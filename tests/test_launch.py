@@ -204,3 +204,21 @@ def test_bad_spec_and_missing_data_are_one_line_errors(data_dir: Path, tmp_path:
     assert len(r.stderr.strip().splitlines()) == 1 and "did not finish" in r.stderr and "no-such-data" in r.stderr
     r = run_cli("status", str(tmp_path / "nowhere"))
     assert r.returncode == 2 and "sweep.yaml" in r.stderr
+    # Overrides after an option are overrides too (argparse alone calls them unrecognised).
+    good = tmp_path / "good.yaml"
+    tiny_sweep(data_dir).save_yaml(good)
+    r = run_cli("launch", str(good), "--no-progress", "train.eval_intervall=5", "--results", str(tmp_path / "res"))
+    assert r.returncode == 2 and r.stderr.strip() == (
+        "scaling launch: error: train.eval_intervall: unknown field 'train.eval_intervall'"), r.stderr
+    r = run_cli("launch", str(good), "--no-progress", "--bogus")
+    assert r.returncode == 2 and "unrecognized arguments: --bogus" in r.stderr
+
+
+def test_status_columns_stay_aligned_for_runs_of_a_hundred_million_tokens() -> None:
+    """The committed reference sweep (results/chinchilla_small, 6.5M-479M tokens a run): every line of
+    the table is as wide as its header, so each column stands under its heading."""
+    lines = format_status(Path(__file__).parents[1] / "results" / "chinchilla_small").splitlines()
+    table, summary = lines[:-1], lines[-1]
+    assert summary == "12 done" and len(table) == 13
+    assert {len(line) for line in table} == {len(table[0])}, table
+    assert any("478,871,552/478,871,552" in line for line in table)
