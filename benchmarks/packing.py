@@ -42,7 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.throughput import synthetic_data  # noqa: E402
 from scaling.config import DataConfig, TrainConfig  # noqa: E402
-from scaling.launch import LocalExecutor, launch, sweep_tasks, visible_devices  # noqa: E402
+from scaling.executors import LocalExecutor, visible_devices  # noqa: E402
+from scaling.launch import launch, sweep_tasks  # noqa: E402
 from scaling.plan import PlanRequest, make_plan, to_sweep  # noqa: E402
 from scaling.results import read_metrics, read_run_json  # noqa: E402
 
@@ -128,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"per_gpu {k}: wall {res['wall_s']:.1f} s, " + ", ".join(
                 f"{r['name']} {r['tokens_per_s'] or 0:,.0f} tok/s" for r in res["runs"]), flush=True)
     base = results[0]
-    print(f"\n per_gpu |  wall s | sweep tok/s  ratio | steady tok/s  ratio")
+    print("\n per_gpu |  wall s | sweep tok/s  ratio | steady tok/s  ratio")
     for r in results:
         steady = r["steady_tokens_per_s"]
         ratio = steady / base["steady_tokens_per_s"] if steady and base["steady_tokens_per_s"] else None

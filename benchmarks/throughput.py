@@ -8,7 +8,7 @@ bf16 autocast, torch.optim.AdamW with default options, random tokens made on the
 (the loop behind the numbers in ../shared/README.md). It prints one table with the ratio.
 
 MFU = tokens/s × (6·N_total + 12·L·d·T) / peak, i.e. ``flops_per_token(model, "total",
-"6nd+attn")`` (PaLM, App. B) over the GPU's dense bf16 peak from ``scaling.train.GPU_PEAK_FLOPS``
+"6nd+attn")`` (PaLM, App. B) over the GPU's dense bf16 peak from ``scaling.plan.GPU_PEAK_FLOPS``
 (H100 SXM: 989 TFLOP/s). Vocabulary 50304 (GPT-2's 50257 padded to a multiple of 64).
 
     python benchmarks/throughput.py                      # all four shapes, on the GPU
@@ -36,7 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from scaling.config import DataConfig, ModelConfig, RunConfig, TrainConfig  # noqa: E402
 from scaling.model import GPT, count_params, flops_per_token  # noqa: E402
 from scaling.results import read_metrics  # noqa: E402
-from scaling.train import peak_flops, train  # noqa: E402
+from scaling.plan import peak_flops  # noqa: E402
+from scaling.train import train  # noqa: E402
 
 VOCAB = 50304
 

@@ -225,14 +225,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     import os
     from pathlib import Path
 
-    from scaling import train
+    from scaling import sample, train
     from scaling.errors import ConfigError
 
     cfg = _run_config(args.spec, args.overrides)
     if args.sanity:
         if args.sanity_steps < 1:
             raise ConfigError(f"--sanity-steps must be >= 1 (got {args.sanity_steps})")
-        losses = train.overfit_one_batch(cfg, steps=args.sanity_steps, lr=args.sanity_lr, verbose=not args.quiet)
+        losses = sample.overfit_one_batch(cfg, steps=args.sanity_steps, lr=args.sanity_lr, verbose=not args.quiet)
         ok = losses[-1] < 0.1
         print(f"sanity: loss {losses[0]:.4f} -> {losses[-1]:.4f} after {len(losses)} updates on one batch: "
               + ("ok" if ok else "FAILED (should fall below 0.1; try --sanity-steps or --sanity-lr)"))
@@ -265,14 +265,14 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
-    from scaling import train
+    from scaling import sample
     from scaling.errors import ConfigError
 
     if args.temperature < 0 or args.top_k < 0 or args.max_new_tokens < 1:
         raise ConfigError("--temperature and --top-k must be >= 0 and --max-new-tokens >= 1 "
                           f"(got {args.temperature}, {args.top_k}, {args.max_new_tokens})")
-    print(train.sample(args.checkpoint, args.prompt, max_new_tokens=args.max_new_tokens,
-                       temperature=args.temperature, top_k=args.top_k or None, seed=args.seed, device=args.device))
+    print(sample.sample(args.checkpoint, args.prompt, max_new_tokens=args.max_new_tokens,
+                        temperature=args.temperature, top_k=args.top_k or None, seed=args.seed, device=args.device))
     return 0
 
 

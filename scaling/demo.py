@@ -35,7 +35,7 @@ from scaling.errors import ConfigError, LaunchError
 if TYPE_CHECKING:
     from scaling.config import SweepConfig
     from scaling.fit import FitResult
-    from scaling.launch import Executor
+    from scaling.executors import Executor
     from scaling.plan import PlanRequest
     from scaling.predict import ValidationRow
     from scaling.results import FitData
@@ -182,7 +182,7 @@ def run_demo(out_dir: str | os.PathLike[str], quick: bool = False, *, progress: 
     """
     from scaling import fit, report
     from scaling.data import describe
-    from scaling.launch import LocalExecutor
+    from scaling.executors import LocalExecutor
     from scaling.predict import predict, validate
     from scaling.prepare import prepare
     from scaling.results import load_points

@@ -58,6 +58,8 @@ from scaling.model import count_params, flops_per_token
 __all__ = [
     "GPU",
     "GPUS",
+    "GPU_PEAK_FLOPS",
+    "peak_flops",
     "PlanRequest",
     "PlanPoint",
     "BudgetPlan",
@@ -78,22 +80,54 @@ GIB = 2**30
 COOLDOWN_SHAPES = ("1-sqrt", "linear", "cosine")  # the WSD decay shapes the trainer knows
 
 
+# Dense bf16 tensor-core peaks (FLOP/s, no sparsity) from NVIDIA's data sheets, matched as a
+# substring of torch.cuda.get_device_name(); more specific names first ("H100 PCIe" before
+# "H100", "L40S" before "L4").
+GPU_PEAK_FLOPS: tuple[tuple[str, float], ...] = (
+    ("B200", 2250e12),
+    ("GH200", 989e12),
+    ("H200", 989e12),
+    ("H100 NVL", 835e12),
+    ("H100 PCIe", 756e12),
+    ("H100", 989e12),  # SXM
+    ("H800", 989e12),
+    ("A100", 312e12),
+    ("A800", 312e12),
+    ("L40S", 362e12),
+    ("RTX 4090", 165e12),
+    ("L4", 121e12),
+)
+
+def peak_flops(device_name: str | None) -> float | None:
+    """Dense bf16 peak FLOP/s of a GPU by name (``GPU_PEAK_FLOPS``); None if unknown or CPU."""
+    if not device_name:
+        return None
+    name = device_name.upper()
+    return next((peak for key, peak in GPU_PEAK_FLOPS if key.upper() in name), None)
+
+
 @dataclass(frozen=True)
 class GPU:
     """A GPU for time and cost estimates. ``price_per_hour`` is an assumption, not a quote."""
 
     name: str
-    peak_flops: float  # dense bf16 FLOP/s from the vendor's datasheet
     memory_bytes: float
     price_per_hour: float  # assumed on-demand USD per GPU-hour; override with --price-per-hour
 
+    @property
+    def peak_flops(self) -> float:
+        """Dense bf16 FLOP/s, from the same table the trainer's MFU uses (``GPU_PEAK_FLOPS``)."""
+        peak = peak_flops(self.name)
+        assert peak is not None, f"{self.name} is missing from GPU_PEAK_FLOPS"
+        return peak
+
 
 GPUS: dict[str, GPU] = {
-    "h100": GPU("NVIDIA H100 SXM", 989e12, 80 * GIB, 2.50),
-    "h200": GPU("NVIDIA H200", 989e12, 141 * GIB, 3.50),
-    "a100": GPU("NVIDIA A100 SXM 80GB", 312e12, 80 * GIB, 1.50),
-    "l40s": GPU("NVIDIA L40S", 362e12, 48 * GIB, 1.00),
-    "rtx4090": GPU("NVIDIA RTX 4090", 165e12, 24 * GIB, 0.40),
+    "h100": GPU("NVIDIA H100 SXM", 80 * GIB, 2.50),
+    "h200": GPU("NVIDIA H200", 141 * GIB, 3.50),
+    "a100": GPU("NVIDIA A100 SXM 80GB", 80 * GIB, 1.50),
+    "l40s": GPU("NVIDIA L40S", 48 * GIB, 1.00),
+    "rtx4090": GPU("NVIDIA RTX 4090", 24 * GIB, 0.40),
 }
 
 

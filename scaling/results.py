@@ -42,7 +42,7 @@ from scaling.errors import FitError
 
 if TYPE_CHECKING:
     from scaling.config import RunConfig
-    from scaling.launch import RunTask
+    from scaling.executors import RunTask
 
 __all__ = [
     "METRICS_SCHEMA",

@@ -15,6 +15,9 @@ WSD cooldown branching (``cfg.lineage``): a trunk also keeps ``checkpoint_{step:
 of its ``keep_steps``; a branch's first start loads its trunk's kept checkpoint (model, optimizer,
 loader position, RNG) and the trunk's metrics rows up to there, and trains only its cooldown.
 On CPU it then ends exactly where the from-scratch WSD run of its tokens would.
+
+Checkpoint files and the checks that one resumes or starts this run: ``scaling.checkpoint``;
+the LR schedules: ``scaling.schedule``.
 """
 
 from __future__ import annotations
@@ -25,7 +28,6 @@ import math
 import os
 import platform
 import random
-import shutil
 import signal
 import socket
 import statistics
@@ -35,95 +37,29 @@ from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from scaling.config import RunConfig, TrainConfig, wsd_decay_start
-from scaling.data import TokenLoader, get_tokenizer, load_meta
+from scaling.checkpoint import (CHECKPOINT, _branch_start, _check_branch_start, _check_same_run, _keep_checkpoint,
+                                _load_checkpoint, _rng_state, _save_checkpoint, _set_rng_state)
+from scaling.config import RunConfig, TrainConfig
+from scaling.data import TokenLoader, load_meta
 from scaling.errors import ConfigError, TrainError
 from scaling.model import GPT, count_params, flops_per_token
-from scaling.results import (MetricsWriter, branch_start_path, kept_checkpoint_path, read_run_json,
-                             write_run_json)
+from scaling.plan import peak_flops
+from scaling.results import MetricsWriter, read_run_json, write_run_json
+from scaling.schedule import lr_at
 
 __all__ = [
-    "GPU_PEAK_FLOPS",
-    "peak_flops",
-    "lr_at",
     "RunResult",
     "train",
-    "overfit_one_batch",
-    "load_model",
-    "sample",
 ]
 
-# Dense bf16 tensor-core peaks (FLOP/s, no sparsity) from NVIDIA's data sheets, matched as a
-# substring of torch.cuda.get_device_name(); more specific names first ("H100 PCIe" before
-# "H100", "L40S" before "L4").
-GPU_PEAK_FLOPS: tuple[tuple[str, float], ...] = (
-    ("B200", 2250e12),
-    ("GH200", 989e12),
-    ("H200", 989e12),
-    ("H100 NVL", 835e12),
-    ("H100 PCIe", 756e12),
-    ("H100", 989e12),  # SXM
-    ("H800", 989e12),
-    ("A100", 312e12),
-    ("A800", 312e12),
-    ("L40S", 362e12),
-    ("L4", 121e12),
-)
-
-CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.parquet"
 RUN_JSON = "run.json"
-# Config fields that may change between an interrupted run and its resumption: they steer
-# bookkeeping and speed, not the losses.
-_RESUMABLE_CHANGES = ("name", "data.path", "train.log_interval", "train.checkpoint_interval",
-                      "train.flush_interval", "train.compile", "train.compile_mode", "train.device")
-
-
-def peak_flops(device_name: str | None) -> float | None:
-    """Dense bf16 peak FLOP/s of a GPU by name (``GPU_PEAK_FLOPS``); None if unknown or CPU."""
-    if not device_name:
-        return None
-    name = device_name.upper()
-    return next((peak for key, peak in GPU_PEAK_FLOPS if key.upper() in name), None)
-
-
-def lr_at(step: int, cfg: RunConfig) -> float:
-    """Learning rate of optimizer update ``step`` (0-based) of a run of ``cfg.steps`` updates.
-
-    All schedules warm up linearly over ``warmup_steps`` (reaching the peak on the last warmup
-    step), then:
-
-    1. "cosine": half-cosine from the peak down to ``lr_min_ratio · peak``, reached exactly on
-       the run's last update (Hoffmann et al. 2022 decay over the run's own length).
-    2. "wsd": warmup-stable-decay, flat at the peak, then the last ``decay_fraction`` of the
-       updates fall to ``lr_min_ratio · peak`` with shape "linear", "1-sqrt" or "cosine"
-       (Hägele et al. 2024).
-    3. "constant": flat at the peak.
-    """
-    tc, n = cfg.train, cfg.steps
-    assert 0 <= step < n, (step, n)
-    peak, low = tc.lr_peak, tc.lr_peak * tc.lr_min_ratio
-    if step < tc.warmup_steps:
-        return peak * (step + 1) / tc.warmup_steps
-    if tc.schedule == "constant":
-        return peak
-    if tc.schedule == "cosine":
-        progress = (step - tc.warmup_steps) / max(1, n - 1 - tc.warmup_steps)
-        return low + (peak - low) * 0.5 * (1.0 + math.cos(math.pi * progress))
-    decay_start = wsd_decay_start(n, tc.warmup_steps, tc.decay_fraction)
-    if step < decay_start:
-        return peak
-    progress = (step - decay_start + 1) / (n - decay_start)
-    assert 0 < progress <= 1, progress
-    shape = {"linear": 1.0 - progress, "1-sqrt": 1.0 - math.sqrt(progress),
-             "cosine": 0.5 * (1.0 + math.cos(math.pi * progress))}[tc.decay_shape]
-    return low + (peak - low) * shape
 
 
 @dataclass(frozen=True)
@@ -340,119 +276,6 @@ def _spike(loss: float, window: deque[float], sigma: float) -> str | None:
     if std > 0 and loss > mean + sigma * std:
         return f"loss {loss:.4g} > mean {mean:.4g} + {sigma:g}σ ({std:.3g})"
     return None
-
-
-def _rng_state() -> dict[str, Any]:
-    """Every RNG the process may use, as plain types and tensors (loadable with weights_only)."""
-    np_state = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        # This process's device only: get_rng_state_all() would open a context on every GPU.
-        "cuda": torch.cuda.get_rng_state() if torch.cuda.is_initialized() else None,
-        "numpy": (np_state[0], np_state[1].tolist(), *np_state[2:]),
-        "python": random.getstate(),
-    }
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"].cpu())  # map_location may have put it on the GPU
-    if state["cuda"] is not None and torch.cuda.is_initialized():
-        torch.cuda.set_rng_state(state["cuda"].cpu())
-    name, key, *rest = state["numpy"]
-    np.random.set_state((name, np.asarray(key, dtype=np.uint32), *rest))
-    random.setstate(state["python"])
-
-
-def _save_checkpoint(state: dict[str, Any], path: Path) -> None:
-    """torch.save through a temp file and a rename, so a crash never leaves half a checkpoint."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
-    try:
-        # weights_only: a checkpoint is tensors and plain data, so loading runs no pickled code.
-        return torch.load(path, map_location=device, weights_only=True)
-    except Exception as e:
-        raise TrainError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e}); "
-                         f"delete it to restart the run") from None
-
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
-    for k, v in d.items():
-        if isinstance(v, dict):
-            yield from _flatten(v, f"{prefix}{k}.")
-        else:
-            yield f"{prefix}{k}", v
-
-
-def _check_same_run(saved: dict[str, Any], cfg: RunConfig, path: Path) -> None:
-    """A checkpoint only resumes the run it came from (bookkeeping fields may differ)."""
-    old, new = dict(_flatten(saved)), dict(_flatten(cfg.to_dict()))
-    diff = [k for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k) and k not in _RESUMABLE_CHANGES]
-    if diff:
-        raise TrainError(f"{path} belongs to a run with different {', '.join(diff)}; "
-                         f"train into a new --out folder or delete {path.parent} to restart")
-
-
-# What a cooldown branch may change from its trunk: its horizon and what happens after the branch
-# point. Everything else (shape, data, optimizer, batch, seed) must match for the branch to be
-# the run it names.
-_BRANCH_CHANGES = ("name", "steps", "budget_flops", "train.schedule", "train.decay_fraction", "train.decay_shape",
-                   "lineage.trunk", "lineage.start_step", "lineage.keep_steps")
-
-
-def _branch_start(cfg: RunConfig, out_dir: Path) -> Path | None:
-    """The trunk checkpoint a branch starts from; None for a run that is no branch.
-
-    Raises
-    ------
-    TrainError
-        The trunk has not kept that checkpoint (yet).
-    """
-    path = branch_start_path(cfg, out_dir)
-    if path is not None and not path.is_file():
-        raise TrainError(f"lineage.trunk: {path} is missing: the trunk has not kept this checkpoint yet; "
-                         f"launch the sweep (a branch waits for its trunk) or train the trunk first")
-    return path
-
-
-def _check_branch_start(saved: dict[str, Any], cfg: RunConfig, path: Path, step: int) -> None:
-    """A branch starts only from a trunk of the same run whose updates up to ``step`` are the
-    branch's own: same settings but the horizon and decay, and the same LR at every step."""
-    assert cfg.lineage is not None and step == cfg.lineage.start_step, (step, cfg.lineage)
-    old, new = dict(_flatten(saved)), dict(_flatten(cfg.to_dict()))
-    allowed = _RESUMABLE_CHANGES + _BRANCH_CHANGES
-    diff = [k for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k) and k not in allowed]
-    trunk = RunConfig.from_dict(saved)
-    if not diff and any(lr_at(s, trunk) != lr_at(s, cfg) for s in range(step)):
-        diff = ["learning rate before the branch point"]
-    if diff:
-        raise TrainError(f"{path} cannot start this branch: its trunk differs in {', '.join(diff)}; "
-                         f"delete {path.parent} and relaunch to retrain the trunk")
-
-
-def _keep_checkpoint(path: Path, step: int) -> None:
-    """Keep the just-saved ``path`` as the checkpoint of ``step`` (a hard link: no copy)."""
-    kept = kept_checkpoint_path(path.parent, step)
-    if kept.exists():
-        return
-    tmp = kept.with_name(f".{kept.name}.{os.getpid()}.tmp")
-    try:
-        try:
-            os.link(path, tmp)
-        except OSError:  # a file system without hard links
-            shutil.copyfile(path, tmp)
-        os.replace(tmp, kept)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _environment(rt: _Runtime) -> dict[str, Any]:
@@ -774,83 +597,3 @@ def train(
             # without an active exception": 8 exits in 30 of a 2-process CPU run before this fix).
             ddp = model = None  # type: ignore[assignment]
             dist.destroy_process_group()
-
-
-# ----------------------------------------------------------------------------- sanity, sampling
-
-
-def overfit_one_batch(
-    cfg: RunConfig, *, steps: int = 200, lr: float | None = None, verbose: bool = True
-) -> list[float]:
-    """Train on one fixed micro-batch at a constant LR without weight decay; return the losses.
-
-    A correct model and loss drive this near zero: a sanity check of the whole path from data
-    to optimizer (Karpathy, "A Recipe for Training Neural Networks", 2019). ``lr`` defaults
-    to ``cfg.train.lr_peak``.
-    """
-    tc = cfg.train
-    rt = _runtime(tc, distributed=False)
-    log = _print0(rt, verbose)
-    meta = load_meta(cfg.data.path)
-    if meta["vocab_size"] > cfg.model.vocab_size:
-        raise TrainError(f"model.vocab_size {cfg.model.vocab_size} < the data's vocab_size {meta['vocab_size']}")
-    torch.manual_seed(tc.seed)
-    model = GPT(cfg.model).to(rt.device)
-    optimizer = model.configure_optimizers(0.0, lr or tc.lr_peak, (tc.beta1, tc.beta2), tc.eps, rt.device.type)
-    scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.dtype == torch.float16)
-    loader = TokenLoader(cfg.data.path, "train", cfg.model.context, tc.micro_batch_size, seed=tc.seed)
-    x, y = _Prefetcher(loader, rt.device).next()
-    losses = []
-    for i in range(steps):
-        with rt.autocast():
-            _, loss = model(x, y)
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip or math.inf)
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-        if (i + 1) % max(1, steps // 10) == 0 or i == 0:
-            log(f"sanity step {i + 1}/{steps} | loss {losses[-1]:.4f}")
-    return losses
-
-
-def load_model(path: str | os.PathLike[str], device: str = "cpu") -> tuple[GPT, dict[str, Any]]:
-    """The model of a checkpoint (or of a run folder holding ``checkpoint.pt``) and its data meta.
-
-    Raises
-    ------
-    TrainError
-        No checkpoint at ``path``, or it cannot be read.
-    """
-    path = Path(path)
-    if path.is_dir():
-        path = path / CHECKPOINT
-    if not path.is_file():
-        raise TrainError(f"{path}: no checkpoint here (give a run folder or its checkpoint.pt)")
-    ckpt = _load_checkpoint(path, device)
-    cfg = RunConfig.from_dict(ckpt["config"])
-    model = GPT(cfg.model)
-    model.load_state_dict(ckpt["model"])
-    return model.to(device).eval(), ckpt["data_meta"]
-
-
-def sample(
-    path: str | os.PathLike[str],
-    prompt: str,
-    *,
-    max_new_tokens: int = 200,
-    temperature: float = 0.8,
-    top_k: int | None = 200,
-    seed: int = 1337,
-    device: str = "cpu",
-) -> str:
-    """Text generated by a checkpoint's model after ``prompt`` (prompt included)."""
-    model, meta = load_model(path, device)
-    tok = get_tokenizer(meta["tokenizer"])
-    ids = tok.encode(prompt) or [meta["eot_token"]]
-    idx = torch.tensor([ids], dtype=torch.long, device=device)
-    gen = torch.Generator(device=device).manual_seed(seed)
-    out = model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k, generator=gen)
-    return tok.decode(out[0].tolist())

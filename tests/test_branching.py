@@ -22,7 +22,6 @@ from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
-import scipy.optimize  # noqa: F401  loaded before the first fit, so fit's one-BLAS-thread limit finds its OpenBLAS
 import torch
 import yaml
 
@@ -31,13 +30,15 @@ from scaling import fit
 from scaling.config import (BranchGroup, BranchPoint, DataConfig, LaunchConfig, ModelConfig, RunConfig, SlurmConfig,
                             SweepConfig, SweepPoint, TrainConfig, trunk_shares)
 from scaling.errors import ConfigError, LaunchError
-from scaling.launch import (DebugExecutor, Executor, Job, RunTask, SlurmExecutor, format_status, launch, run_state,
-                            sweep_tasks)
+from scaling.executors import DebugExecutor, Executor, Job, RunTask, run_state
+from scaling.launch import format_status, launch, sweep_tasks
 from scaling.model import count_params
 from scaling.plan import PlanRequest, branched_flops, make_plan, to_sweep
 from scaling.prepare import prepare
 from scaling.results import RUNS_SCHEMA, kept_checkpoint_path, load_points, read_metrics, write_run_json
-from scaling.train import RunResult, lr_at, train
+from scaling.schedule import lr_at
+from scaling.slurm import SlurmExecutor
+from scaling.train import RunResult, train
 from test_train import free_port
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shlex
 import signal
@@ -18,7 +17,8 @@ import torch
 
 from scaling.config import DataConfig, ModelConfig, SweepConfig, SweepPoint, TrainConfig
 from scaling.errors import LaunchError
-from scaling.launch import LocalExecutor, _flock, format_status, launch, run_state, sweep_tasks
+from scaling.executors import LocalExecutor, _flock, run_state
+from scaling.launch import format_status, launch, sweep_tasks
 from scaling.prepare import prepare
 from scaling.results import RUNS_SCHEMA
 

@@ -6,7 +6,6 @@ import json
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +13,10 @@ import pytest
 
 from conftest import SlurmCluster
 from scaling.config import DataConfig, LaunchConfig, ModelConfig, SlurmConfig, SweepConfig, SweepPoint, TrainConfig
-from scaling.launch import SlurmExecutor, launch, run_state, sweep_tasks
+from scaling.executors import run_state
+from scaling.launch import launch, sweep_tasks
 from scaling.prepare import prepare
+from scaling.slurm import SlurmExecutor
 
 pytestmark = pytest.mark.slurm
 

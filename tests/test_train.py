@@ -23,7 +23,10 @@ from scaling.config import RunConfig
 from scaling.errors import ConfigError, TrainError
 from scaling.model import count_params, flops_per_token
 from scaling.results import METRICS_SCHEMA, MetricsWriter, read_metrics, read_run_json
-from scaling.train import RunResult, _StopSignal, lr_at, overfit_one_batch, peak_flops, sample, train
+from scaling.sample import overfit_one_batch, sample
+from scaling.schedule import lr_at
+from scaling.plan import GPUS, peak_flops
+from scaling.train import RunResult, _StopSignal, train
 
 ROOT = Path(__file__).resolve().parents[1]
 VOCAB = 64
@@ -123,6 +126,9 @@ def test_constant_schedule_and_peak_table(data_dir: Path) -> None:
     assert peak_flops("NVIDIA A100-SXM4-80GB") == 312e12
     assert peak_flops("NVIDIA L40S") == 362e12
     assert peak_flops(None) is None and peak_flops("Some CPU") is None
+    # The planner's estimates read the same table (NVIDIA data sheets, dense bf16).
+    assert {k: g.peak_flops for k, g in GPUS.items()} == {
+        "h100": 989e12, "h200": 989e12, "a100": 312e12, "l40s": 362e12, "rtx4090": 165e12}
 
 
 # ----------------------------------------------------------------------------- a full run
