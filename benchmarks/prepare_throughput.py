@@ -68,10 +68,12 @@ def main() -> None:
     p.add_argument("--site-packages", action="store_true", help="pysrc: include site-packages")
     p.add_argument("--max-bytes", default="8M", help="input cap, e.g. 8M (0 = everything; default 8M)")
     p.add_argument("--doc-sep", default="<|endoftext|>", help="--text: document separator, blank-line, none")
-    p.add_argument("--tokenizer", default="gpt2")
+    p.add_argument("--tokenizer", default="gpt2", help="a tiktoken encoding (the baseline is tiktoken itself)")
     p.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
     p.add_argument("--repeat", type=int, default=3)
     args = p.parse_args()
+    if args.tokenizer == "bytes":
+        p.error("--tokenizer bytes: the baseline is tiktoken, which has no byte tokenizer; give a tiktoken encoding")
     max_bytes = _parse_bytes(args.max_bytes) or None
     source, paths = ("text", args.text) if args.text else ("pysrc", [])
     tok = data.get_tokenizer(args.tokenizer)

@@ -467,8 +467,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo", help="the whole loop on a CPU: prepare, plan, train a sweep, fit, predict a larger model, train it, compare",
-        description="Runs every stage on this machine's CPU (no GPU, no network) into --out; about 5-6 minutes on 2 "
-                    "cores (--quick: about 1.5 minutes). Interrupt it any time: the same command continues.")
+        description="Runs every stage on this machine's CPU (no GPU, no network) into --out; about 6-7 minutes on 2 "
+                    "cores (--quick: about 2.5 minutes). Interrupt it any time: the same command continues.")
     p.add_argument("--out", default="demo", help="folder for data, specs, results and the report (default demo/)")
     p.add_argument("--quick", action="store_true", help="smaller budgets, eval and bootstrap (what CI runs)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (stage banners still print)")

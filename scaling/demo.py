@@ -163,7 +163,7 @@ def run_demo(out_dir: str | os.PathLike[str], quick: bool = False, *, progress: 
     Parameters
     ----------
     quick
-        Two smaller budgets, less eval and bootstrap (``QUICK``): about 1.5 minutes, for CI.
+        The two smaller budgets, less eval and bootstrap (``QUICK``): about 2.5 minutes, for CI.
     progress
         Show prepare's and launch's progress bars.
     echo
