@@ -182,7 +182,11 @@ def _interval(samples: np.ndarray, ci: float) -> tuple[float, float] | None:
     s = s[~np.isnan(s)]  # NaN = a failed resample; ±inf (an overflowed draw) stays in the tails
     if not s.size:
         return None
-    lo, hi = np.percentile(s, [50.0 * (1.0 - ci), 50.0 * (1.0 + ci)])
+    q = [50.0 * (1.0 - ci), 50.0 * (1.0 + ci)]
+    with np.errstate(invalid="ignore"):
+        lo, hi = np.percentile(s, q)
+    if np.isnan(lo) or np.isnan(hi):  # interpolated between two infinite draws (inf - inf)
+        lo, hi = np.where(np.isnan([lo, hi]), np.percentile(s, q, method="nearest"), [lo, hi])
     return float(lo), float(hi)
 
 
@@ -221,7 +225,8 @@ def _result(method: str, data: FitData, point: dict[str, float], boot: dict[str,
         **status, n_points=n_points, n_runs=len(data), conventions=dict(data.conventions), ci=ci,
         n_bootstrap=n_bootstrap, n_bootstrap_ok=ok, seed=seed,
         residual_sd=float(res.std(ddof=1)) if res.size > 1 else None,
-        samples={k: [float(x) for x in boot[k][joint]] for k in keep} if n_bootstrap else {},
+        # No draws kept (none had every parameter finite): no samples, so no bands or intervals.
+        samples={k: [float(x) for x in boot[k][joint]] for k in keep} if joint is not None and joint.any() else {},
         residuals=tuple(float(r) for r in res), **extra)
 
 
@@ -624,6 +629,7 @@ def fit_approach1(data: FitData, *, n_bootstrap: int = 1000, seed: int = 0, ci: 
     log_d = np.where(covered, lg - np.log(sub.flops / sub.tokens)[win], np.nan)
     distinct = np.array([np.unique(row[np.isfinite(row)]).size for row in log_n])
     log_n[distinct < 2] = np.nan  # one size on the whole envelope defines no slope
+    log_d[distinct < 2] = np.nan  # ... and so no D_opt line either: the draw failed as a whole
     ok = np.isfinite(log_n[0])
     envelope = {"flops": grid[ok], "N": np.exp(log_n[0][ok]), "D": np.exp(log_d[0][ok]),
                 "loss": M[win[0], np.arange(lg.size)][ok]}

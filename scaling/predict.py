@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from scaling.errors import ConfigError, FitError
-from scaling.fit import FitResult, _interval, _json_safe, fit_approach3
+from scaling.fit import FitResult, _check_ci, _interval, _json_safe, fit_approach3
 from scaling.laws import ParametricLaw, iso_flop_optimum
 
 if TYPE_CHECKING:
@@ -61,6 +61,14 @@ def _sampled_law(fit: FitResult) -> ParametricLaw | None:
     return ParametricLaw(*(np.asarray(s[k]) for k in ("E", "A", "B", "alpha", "beta"))) if s else None
 
 
+def _level(fit: FitResult, ci: float | None) -> float:
+    """The interval level asked for (checked: a ConfigError outside (0, 1)), else the fit's."""
+    if ci is None:
+        return fit.ci
+    _check_ci(ci, 0)
+    return ci
+
+
 def predict(fit: FitResult, n_params: float, tokens: float, *, ci: float | None = None) -> Prediction:
     """Loss of N = ``n_params`` trained on D = ``tokens`` under an Approach 3 fit, with interval.
 
@@ -70,7 +78,7 @@ def predict(fit: FitResult, n_params: float, tokens: float, *, ci: float | None 
     bootstrap draws (``n_bootstrap`` 0) the interval is None. Raises FitError for a fit the
     data do not identify (``FitResult.law``).
     """
-    law, laws, ci = fit.law(), _sampled_law(fit), fit.ci if ci is None else ci
+    law, laws, ci = fit.law(), _sampled_law(fit), _level(fit, ci)
     iv, k = None, 0
     if laws is not None:
         loss_b = laws.loss(n_params, tokens)
@@ -92,7 +100,7 @@ def predict_optimal(fit: FitResult, flops: float, *, ci: float | None = None) ->
     FitError
         A Kaplan fit, or an Approach 3 fit the data do not identify.
     """
-    ci = fit.ci if ci is None else ci
+    ci = _level(fit, ci)
     s = {k: np.asarray(v) for k, v in fit.samples.items()}
     n_b = d_b = loss_b = np.array([])
     if fit.method == "approach3":

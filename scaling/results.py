@@ -366,14 +366,29 @@ def _positive_finite(values: np.ndarray, column: str, path: Path, labels: Sequen
                        f"{', '.join(bad[:5])}{more} (drop or fix those rows)")
 
 
+def _numbers(values: list[Any], column: str, path: Path, labels: Sequence[str]) -> np.ndarray:
+    """A column as floats (empty cells NaN), or a FitError naming the cells that are no number."""
+    out, bad = np.full(len(values), np.nan), []
+    for i, v in enumerate(values):
+        try:
+            out[i] = np.nan if v is None else float(v)
+        except (TypeError, ValueError):
+            bad.append(f"{labels[i]} ({v!r})")
+    if bad:
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        raise FitError(f"{path}: column {column} must hold numbers; not a number in {', '.join(bad[:5])}{more} "
+                       "(write plain numbers, e.g. 7e6 for 7M)")
+    return out
+
+
 def _load_table(path: Path, params: str, flops: str) -> FitData:
     """A plain table: params, tokens, loss; optional flops, budget, name, run_id, sweep."""
     cols = _columns(path)
     _require(cols, ("params", "tokens", "loss"), path, "a table needs params, tokens, loss "
              "(optional: flops, budget, name)")
     n = len(cols["loss"])
-    num = lambda c: np.array([np.nan if v is None else v for v in cols[c]], float)  # noqa: E731
     names = tuple(str(v) for v in cols["name"]) if "name" in cols else tuple(f"row{i + 1}" for i in range(n))
+    num = lambda c: _numbers(cols[c], c, path, names)  # noqa: E731
     N, D, L = num("params"), num("tokens"), num("loss")
     for column, values in (("params", N), ("tokens", D), ("loss", L)):
         _positive_finite(values, column, path, names)
@@ -456,21 +471,25 @@ def load_points(sources: Sequence[str | os.PathLike[str]], *, params_convention:
         A source is missing or unreadable, a column is missing, a value is NaN or <= 0, or no
         point is left.
     """
-    parts = []
+    found: dict[Path, tuple[Path, bool]] = {}  # resolved -> (as given, is a table): each once, in order
     for source in sources:
         path = Path(source)
         if path.is_file() and path.name == "runs.parquet":
             path = path.parent
         if path.is_file():
-            parts.append(_load_table(path, params_convention, flops))
+            found.setdefault(path.resolve(), (path, True))
         elif (path / "runs.parquet").is_file():
-            parts.append(_load_sweep(path, params_convention, flops))
+            found.setdefault(path.resolve(), (path, False))
         elif path.is_dir() and (subs := sorted(p.parent for p in path.glob("*/runs.parquet"))):
-            parts.extend(_load_sweep(p, params_convention, flops) for p in subs)
+            for sub in subs:
+                found.setdefault(sub.resolve(), (sub, False))
         else:
             raise FitError(f"{path}: not a results folder (no runs.parquet in it or its subfolders) "
                            "nor a CSV/Parquet table with columns params, tokens, loss")
-    data = _concat(parts)
+    # A sweep named twice (`results/ results/mine`) is read once: counted twice, its runs would
+    # narrow every bootstrap interval as if they were independent runs.
+    data = _concat([_load_table(p, params_convention, flops) if table else _load_sweep(p, params_convention, flops)
+                    for p, table in found.values()])
     if exclude:
         data = data.subset(~data.match(exclude, "--exclude"))
     if not len(data):

@@ -20,7 +20,7 @@ import pytest
 
 from scaling import fit as F
 from scaling.cli import main
-from scaling.errors import FitError
+from scaling.errors import ConfigError, FitError
 from scaling.laws import CHINCHILLA_TABLE3, PUBLISHED_LAWS, ParametricLaw, iso_flop_optimum
 from scaling.predict import predict, predict_optimal, validate
 from scaling.results import METRICS_SCHEMA, RUNS_SCHEMA, FitData, load_points, write_parquet_atomic
@@ -521,3 +521,66 @@ def test_cli_fit_results_folder_writes_beside_it(tmp_path, capsys):
     assert set(doc["fits"]) >= {"approach1", "approach2", "approach3"}
     assert doc["conventions"] == {"params": "total", "flops": "6nd+attn"}
     assert "Approach 1" in out and "chinchilla_approach3" in out
+
+
+# ----------------------------------------------------------------------------- edge cases found in review
+
+REFERENCE = Path(__file__).parents[1] / "results" / "chinchilla_small"  # the committed H100 sweep
+
+
+def test_an_intervals_draws_are_the_kept_whole_draws():
+    """Approach 1 on the reference sweep: a resample with one size on the whole envelope has no
+    law, so its D line must not reach the b / k_D intervals either (it did: b = 1 leaked in)."""
+    f = F.fit_approach1(load_points([REFERENCE]), n_bootstrap=30, seed=0)
+    assert f.n_bootstrap_ok < 30  # some resamples do fail here, so the check has teeth
+    for key, draws in f.samples.items():
+        assert len(draws) == f.n_bootstrap_ok
+        assert f.intervals[key] == pytest.approx(F._interval(np.array(draws), f.ci)), key
+
+
+def test_interval_with_infinite_draws_in_a_tail_is_infinite_not_nan():
+    assert F._interval(np.array([1.0, 2.0, np.inf, np.inf]), 0.95) == (pytest.approx(1.075), math.inf)
+    assert F._interval(np.array([-np.inf, -np.inf, 1.0, 2.0]), 0.95) == (-math.inf, pytest.approx(1.925))
+    assert F._interval(np.array([1.0, 2.0, 3.0]), 0.5) == (1.5, 2.5)  # finite draws: interpolated as before
+
+
+def test_fit_without_a_whole_bootstrap_draw_writes_its_report(tmp_path, capsys):
+    """2 budgets x 3 sizes, one run each: no resample keeps a whole Approach 2 law, so the fit
+    has no samples and the allocation plot draws no band (it raised a TypeError)."""
+    law = ParametricLaw(E=1.7, A=400.0, B=410.0, alpha=0.34, beta=0.28)
+    N = np.array([3e6, 1e7, 3e7] * 2)
+    C = np.repeat([1e17, 1e18], 3)
+    D = C / (6 * N)
+    table = write_csv(tmp_path / "two3.csv", FitData.from_arrays(N, D, law.loss(N, D)), {"budget": list(C)})
+    code, out, err = _cli(capsys, "fit", str(table), "--approach", "2", "--bootstrap", "10", "--out",
+                          str(tmp_path / "fit"))
+    assert code == 0, err
+    fit = F.load_fits(tmp_path / "fit" / "fit.json")["approach2"]
+    assert fit.usable and fit.samples == {} and fit.n_bootstrap_ok == 0
+    assert (tmp_path / "fit" / "allocation.png").stat().st_size > 0 and (tmp_path / "fit" / "report.html").is_file()
+
+
+def test_predict_interval_level_is_checked(capsys):
+    fit = F.fit_approach3(isoflop_table(CHINCHILLA, np.geomspace(1e18, 1e20, 3), sizes=5), n_bootstrap=5,
+                          grid=SMALL_GRID)
+    for call in (lambda: predict(fit, 1e9, 2e10, ci=95), lambda: predict_optimal(fit, 1e20, ci=1.5)):
+        with pytest.raises(ConfigError, match=r"--ci must be in \(0, 1\)"):
+            call()
+
+
+def test_table_cell_that_is_no_number_is_a_one_line_error(tmp_path, capsys):
+    table = tmp_path / "t.csv"
+    table.write_text("name,params,tokens,loss\na,7M,1e9,3.1\nb,2e7,1e9,3.0\nc,3e7,1e9,2.9\n")
+    code, _, err = _cli(capsys, "fit", str(table), "--approach", "3", "--bootstrap", "0")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "column params must hold numbers; not a number in a ('7M')" in err
+
+
+def test_a_sweep_named_twice_is_read_once(tmp_path):
+    """`scaling fit results/ results/mine` must not count mine's runs twice: duplicated runs would
+    narrow every interval as if they were independent."""
+    once = load_points([REFERENCE])
+    for sources in ([REFERENCE, REFERENCE], [REFERENCE.parent, REFERENCE], [REFERENCE / "runs.parquet", REFERENCE]):
+        data = load_points(sources)
+        assert len(data) == len(once) + (1 if REFERENCE.parent in sources else 0), sources  # + the target run
+        assert sorted(set(data.run_ids)) == sorted(data.run_ids)
