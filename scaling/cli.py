@@ -90,6 +90,10 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     if args.out:
         from pathlib import Path
 
+        from scaling.errors import ConfigError
+
+        if Path(args.out).is_dir():
+            raise ConfigError(f"--out {args.out}: is a folder; give the spec's file, e.g. sweeps/NAME.yaml")
         # The sweep's name (and so its results folder) defaults to the spec's file name, as --help says.
         plan.to_sweep(result, name=args.name or Path(args.out).stem, data_path=args.data).save_yaml(args.out)
     if args.json:
@@ -141,10 +145,13 @@ def _cmd_launch(args: argparse.Namespace) -> int:
 
     from scaling import launch
     from scaling.config import SweepConfig
+    from scaling.errors import ConfigError
 
     sweep = SweepConfig.from_yaml(args.spec)
     if args.overrides:
         sweep = sweep.merge(args.overrides)
+    if Path(args.results).exists() and not Path(args.results).is_dir():
+        raise ConfigError(f"--results {args.results}: is a file; give the results folder (default results/)")
     root = Path(args.results) / sweep.name
     executor = launch.make_executor(sweep, root, args.executor, args.per_gpu)
     n_runs = len(sweep.runs) + sum(len(g.points) + 1 for g in sweep.branches)  # + 1: each size's trunk
@@ -225,8 +232,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     import os
     from pathlib import Path
 
+    from contextlib import nullcontext
+
     from scaling import sample, train
     from scaling.errors import ConfigError
+    from scaling.executors import _flock
 
     cfg = _run_config(args.spec, args.overrides)
     if args.sanity:
@@ -238,7 +248,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
               + ("ok" if ok else "FAILED (should fall below 0.1; try --sanity-steps or --sanity-lr)"))
         return 0 if ok else EXIT_FAILED
     out = Path(args.out) if args.out else Path("results") / "runs" / cfg.name
-    result = train.train(cfg, out, verbose=not args.quiet)
+    # The run folder's lock, as a launched run holds it, so a run is never trained twice at once;
+    # under torchrun rank 0 holds it for all ranks (they share the folder).
+    lock = _flock(out / ".run.lock", f"run {out.name}") if os.environ.get("RANK", "0") == "0" else nullcontext()
+    with lock:
+        result = train.train(cfg, out, verbose=not args.quiet)
     val = f"{result.val_loss:.4f} ± {result.val_loss_se or 0:.4f}" if result.val_loss is not None else "n/a"
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one summary line from rank 0
         resume = f"; re-run `{_same_command(args)}` to continue" if result.status == "interrupted" else ""

@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import tempfile
 import types
 import typing
@@ -418,8 +419,11 @@ class TrainConfig(Config):
         for name in ("beta1", "beta2"):
             if not 0 <= getattr(self, name) < 1:
                 out.append(f"{name}: must be in [0, 1) (got {getattr(self, name)})")
-        if self.weight_decay < 0 or self.grad_clip < 0:
-            out.append("weight_decay, grad_clip: must be >= 0")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            out.append(f"device: must be auto, cpu, cuda or cuda:N (got {self.device!r})")
+        for name in ("weight_decay", "grad_clip"):
+            if not getattr(self, name) >= 0:  # NaN too
+                out.append(f"{name}: must be >= 0 (got {getattr(self, name)!r})")
         return out
 
 
@@ -695,7 +699,25 @@ class SweepConfig(Config):
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             out.append(f"runs: run names must be unique (repeated: {', '.join(dup)})")
+        # Names become folders (results/<sweep>/<run>-<id>/): one path component each.
+        for field_, name in (("name", self.name), *(("runs", n) for n in names)):
+            if name and ("/" in name or "\\" in name or name in (".", "..")):
+                out.append(f"{field_}: {name!r} must be one folder name (no '/', not '.' or '..')")
         return out
+
+    def merge(self, dotlist: list[str]) -> SweepConfig:
+        """``Config.merge``, refusing ``train.*`` keys that every run (or branch group) sets for
+        itself: applied to ``train`` they would change nothing, and a no-op is never silent."""
+        per_run = {"batch_size", "micro_batch_size", "lr_peak", "warmup_steps"}
+        per_group = per_run | ({"decay_fraction", "decay_shape"} if self.branches else set())
+        for key, _ in parse_dotlist(dotlist):
+            section, _, name = key.partition(".")
+            if section == "train" and name in per_group:
+                where = {"decay_fraction": "branches.N.cooldown_fraction", "decay_shape": "branches.N.cooldown_shape"}
+                fix = where.get(name, f"branches.N.{name}" if self.branches else f"runs.N.{name}")
+                raise ConfigError(f"{key}: each {'size' if self.branches else 'run'} of the sweep sets its own; "
+                                  f"override {fix} instead")
+        return super().merge(dotlist)
 
     def resolve(self, i: int) -> RunConfig:
         """The full RunConfig of run ``i``: shared settings with the point's values on top."""

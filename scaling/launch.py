@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from scaling.config import RunConfig, SweepConfig
-from scaling.errors import LaunchError
+from scaling.errors import ConfigError, LaunchError
 from scaling.executors import DebugExecutor, Executor, Job, LocalExecutor, RunTask, _flock, run_state
 from scaling.slurm import SlurmExecutor
 
@@ -114,6 +114,8 @@ def drop_spent_checkpoints(tasks: list[RunTask]) -> list[Path]:
 def make_executor(sweep: SweepConfig, root: Path, executor: str | None, per_gpu: int | None) -> Executor:
     """The executor a launch asked for (flag first, then the sweep's launch section)."""
     kind = executor or sweep.launch.executor
+    if per_gpu is not None and per_gpu < 0:
+        raise ConfigError(f"--per-gpu: must be >= 0 runs per GPU, 0 = auto by memory (got {per_gpu})")
     if kind == "local":
         return LocalExecutor(per_device=per_gpu if per_gpu is not None else sweep.launch.per_gpu)
     if kind == "slurm":

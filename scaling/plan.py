@@ -379,17 +379,21 @@ def _micro_batch(cfg: ModelConfig, batch: int, gpu: GPU) -> int:
     return mb
 
 
-def gpu_hours(flops: float, gpu: GPU, mfu: float) -> float:
-    """Hours on one ``gpu`` to spend ``flops`` at model FLOPs utilisation ``mfu``."""
-    return flops / (gpu.peak_flops * mfu) / 3600
+def gpu_hours(model: ModelConfig, tokens: float, gpu: GPU, mfu: float) -> float:
+    """Hours on one ``gpu`` to train ``model`` on ``tokens`` at model FLOPs utilisation ``mfu``.
+
+    The work is counted as the trainer's MFU counts it, whatever conventions the study uses for
+    C: every parameter and attention, 6·N_total + 12·L·d·T FLOPs per token (PaLM, App. B). A C in
+    non-embedding N or without attention understates the work, and so would a time limit from it.
+    """
+    return flops_per_token(model, "total", "6nd+attn") * tokens / (gpu.peak_flops * mfu) / 3600
 
 
 def estimate_hours(cfg: RunConfig, gpu: str = "h100", mfu: float = 0.35) -> float:
-    """Estimated GPU-hours of one run, with the FLOP formula its conventions name."""
+    """Estimated GPU-hours of one run (``gpu_hours``)."""
     if gpu not in GPUS:
         raise ConfigError(f"plan.gpu: unknown GPU {gpu!r}; use one of {', '.join(GPUS)}")
-    fpt = flops_per_token(cfg.model, cfg.conventions.params, cfg.conventions.flops)
-    return gpu_hours(fpt * cfg.tokens, GPUS[gpu], mfu)
+    return gpu_hours(cfg.model, cfg.tokens, GPUS[gpu], mfu)
 
 
 def _warmup_steps(n_total: int, batch_tokens: int, steps: int) -> int:
@@ -481,7 +485,7 @@ def make_plan(req: PlanRequest) -> Plan:
             if repeated and req.drop_repeated:
                 dropped.append(f"{name}: {epochs:.1f} epochs of data > --max-epochs {req.max_epochs:g}")
                 continue
-            hours = gpu_hours(flops, gpu, req.mfu)
+            hours = gpu_hours(s, tokens, gpu, req.mfu)
             mb = _micro_batch(s, seqs, gpu)
             points.append(
                 PlanPoint(
@@ -526,11 +530,17 @@ def make_plan(req: PlanRequest) -> Plan:
         smallest = min(req.budgets)
         tiny = _shape(1, req.head_dim, req)
         need = flops_per_token(tiny, req.conventions.params, req.conventions.flops) * req.context * req.min_steps
-        raise ConfigError(
-            f"--budget: {smallest:.3g} FLOPs is too small for the smallest shape at context "
-            f"{req.context} and {req.min_steps} steps; raise --budget above {need:.2g}, or lower "
-            "--context / --min-steps / --vocab"
-        )
+        if smallest < need:
+            raise ConfigError(
+                f"--budget: {smallest:.3g} FLOPs is too small for the smallest shape at context "
+                f"{req.context} and {req.min_steps} steps; raise --budget above {need:.2g}, or lower "
+                "--context / --min-steps / --vocab"
+            )
+        # The budget fits a model: the sizes asked for, or the data, left no point. Say which.
+        reasons = [r for b in budgets for r in b.dropped]
+        more = f" (and {len(reasons) - 3} more)" if len(reasons) > 3 else ""
+        raise ConfigError(f"no run is left to plan: {'; '.join(reasons[:3])}{more}; change --ladder / --sizes, "
+                          "--min-steps, or --max-epochs / --unique-tokens")
     return Plan(req, gpu, budgets)
 
 
@@ -550,7 +560,8 @@ def format_plan(plan: Plan) -> str:
         f" ({'Hoffmann et al. 2022' if conv.params == 'total' else 'Kaplan et al. 2020'}); "
         f"C = {'6·N·D' if conv.flops == '6nd' else '(6·N + 12·L·d·T)·D'}; tokens/param = D/N.",
         f"Estimates: {plan.gpu.name} at {plan.gpu.peak_flops / 1e12:.0f} TFLOP/s bf16 x MFU {req.mfu:.0%},"
-        f" ${plan.price_per_hour:.2f}/GPU-hour (assumed; --price-per-hour to set).",
+        f" ${plan.price_per_hour:.2f}/GPU-hour (assumed; --price-per-hour to set); time counts"
+        " 6·N_total + attention FLOPs per token, as MFU does.",
     ]
     header = (
         f"{'run':<18} {'L':>3} {'d':>5} {'H':>3} {'N':>7} {'N_ne':>7} {'D':>7} {'D/N':>6} "
@@ -606,7 +617,8 @@ def to_sweep(plan: Plan, name: str | None = None, data_path: str | None = None) 
         name=name or "sweep",
         data=DataConfig(path=data_path or DataConfig().path),
         runs=[] if branching else runs,
-        train=TrainConfig(schedule="wsd-branch") if branching else TrainConfig(),
+        # The trainer refuses runs over its max_epochs: the plan's limit, so a point it kept trains.
+        train=TrainConfig(schedule="wsd-branch" if branching else "cosine", max_epochs=plan.request.max_epochs),
         conventions=plan.request.conventions,
         plan={**req, "budgets": list(plan.request.budgets), "ladder": list(plan.request.ladder)},
         branches=_branch_groups(plan) if branching else [],

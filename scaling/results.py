@@ -38,7 +38,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from scaling.config import ModelConfig, atomic_write_text, branch_costs
-from scaling.errors import FitError
+from scaling.errors import ConfigError, FitError
 
 if TYPE_CHECKING:
     from scaling.config import RunConfig
@@ -187,7 +187,11 @@ def read_run_json(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     path = Path(path)
     if not path.is_file():
         return None
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: not valid JSON ({e.msg}, line {e.lineno}); fix it, or move it away to "
+                          "let the run resume from its checkpoint") from None
 
 
 def kept_checkpoint_path(run_dir: str | os.PathLike[str], step: int) -> Path:

@@ -34,7 +34,8 @@ def lr_at(step: int, cfg: RunConfig) -> float:
     if tc.schedule == "constant":
         return peak
     if tc.schedule == "cosine":
-        progress = (step - tc.warmup_steps) / max(1, n - 1 - tc.warmup_steps)
+        span = n - 1 - tc.warmup_steps  # updates after the first post-warmup one
+        progress = (step - tc.warmup_steps) / span if span > 0 else 1.0  # one update left: it ends low
         return low + (peak - low) * 0.5 * (1.0 + math.cos(math.pi * progress))
     decay_start = wsd_decay_start(n, tc.warmup_steps, tc.decay_fraction)
     if step < decay_start:

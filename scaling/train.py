@@ -122,10 +122,7 @@ def _runtime(tc: TrainConfig, *, distributed: bool = True) -> _Runtime:
     want = tc.device
     if want == "auto":
         want = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(want)
-    except RuntimeError:
-        raise ConfigError(f"train.device: {tc.device!r} is not a device (use auto, cpu, cuda or cuda:N)") from None
+    device = torch.device(want)  # TrainConfig.validate admits auto, cpu, cuda and cuda:N only
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError(f"train.device: {tc.device!r} but torch sees no CUDA GPU (use cpu or auto)")

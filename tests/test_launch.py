@@ -212,6 +212,24 @@ def test_bad_spec_and_missing_data_are_one_line_errors(data_dir: Path, tmp_path:
         "scaling launch: error: train.eval_intervall: unknown field 'train.eval_intervall'"), r.stderr
     r = run_cli("launch", str(good), "--no-progress", "--bogus")
     assert r.returncode == 2 and "unrecognized arguments: --bogus" in r.stderr
+    # Input found in review: each a one-line error, exit 2, nothing trained.
+    (tmp_path / "afile").write_text("")
+    for args, message in [
+        (["--per-gpu", "-1"], "--per-gpu: must be >= 0 runs per GPU, 0 = auto by memory (got -1)"),  # it hung
+        (["name=a/b"], "name: 'a/b' must be one folder name (no '/', not '.' or '..')"),
+        (["runs.1.name=.."], "runs: '..' must be one folder name"),
+        (["train.lr_peak=1.0"], "train.lr_peak: each run of the sweep sets its own; override runs.N.lr_peak instead"),
+        (["--results", str(tmp_path / "afile")], "is a file; give the results folder"),
+    ]:
+        r = run_cli("launch", str(good), "--no-progress", *args, *(["--results", str(tmp_path / "res2")]
+                                                                  if "--results" not in args else []))
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and message in r.stderr, (args, r.stderr)
+    assert not (tmp_path / "res2").exists()
+    broken = sweep_tasks(tiny_sweep(data_dir), tmp_path / "res3")[0].out_dir / "run.json"
+    broken.parent.mkdir(parents=True)
+    broken.write_text('{"status": "done",')  # hand-edited, say
+    r = run_cli("launch", str(good), "--no-progress", "--results", str(tmp_path / "res3"))
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith(f"scaling launch: error: {broken}: not valid JSON")
 
 
 def test_status_columns_stay_aligned_for_runs_of_a_hundred_million_tokens() -> None:

@@ -194,6 +194,8 @@ def test_spec_validation_names_field_path(tmp_path) -> None:
         (["--budgets", "1e16:oops"], "--budgets"),
         (["--budgets", "1e16,3e16,1e16"], "--budgets"),
         (["--budget", "1e18", "--mfu", "2"], "--mfu"),
+        (["--budget", "1e17", "--ladder", "1e15"], "--ladder"),  # no point left: the reason, not "too small"
+        (["--budget", "1e17", "--out", "/tmp"], "--out /tmp: is a folder"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(args: list[str], flag: str) -> None:
@@ -224,3 +226,19 @@ def test_ladder_fixes_sizes_across_budgets() -> None:
         assert abs(6 * p.n_params * p.tokens / p.budget_flops - 1) < 0.02
     r = run_cli("plan", "--budget", "1e16", "--ladder", "1e8,-3")
     assert r.returncode == 2 and "--ladder" in r.stderr
+
+
+def test_gpu_hours_count_the_work_done_whatever_c_counts() -> None:
+    """Time comes from 6·N_total + attention FLOPs per token (as MFU counts them), so a study in
+    non-embedding N or C = 6ND does not get time limits 2x too short; and the spec carries the
+    plan's --max-epochs, so a point the plan kept is one the trainer accepts."""
+    from scaling.plan import GPUS
+
+    for params in ("total", "non-embedding"):
+        req = PlanRequest(budgets=(1e17,), ladder=(2e7,), conventions=Conventions(params=params), max_epochs=9.0)
+        plan = make_plan(req)
+        (p,) = plan.points
+        work = flops_per_token(p.model, "total", "6nd+attn") * p.tokens
+        assert p.gpu_hours == pytest.approx(work / (GPUS["h100"].peak_flops * 0.35) / 3600)
+        assert to_sweep(plan).resolve(0).train.max_epochs == 9.0
+    assert p.gpu_hours > 2 * p.flops / (GPUS["h100"].peak_flops * 0.35) / 3600  # non-embedding C: 2.6x less

@@ -336,8 +336,10 @@ def test_ddp_two_cpu_processes_train_the_planned_tokens(data_dir: Path, tmp_path
         (["model.d_model=62"], "d_model: must be divisible by n_head"),
         (["train.batch_size=12"], "batch_size: must be divisible by micro_batch_size"),
         (["data.path=/nonexistent/data"], "data folder /nonexistent/data"),
+        (["train.grad_clip=.nan"], "train.grad_clip: must be >= 0 (got nan)"),
+        (["train.device=meta"], "train.device: must be auto, cpu, cuda or cuda:N (got 'meta')"),
     ],
-    ids=["unknown-field", "d_model-vs-n_head", "batch-vs-micro", "missing-data"],
+    ids=["unknown-field", "d_model-vs-n_head", "batch-vs-micro", "missing-data", "nan-clip", "meta-device"],
 )
 def test_bad_config_is_one_line_exit_2(data_dir: Path, tmp_path: Path, args: list[str], field: str) -> None:
     make_cfg(data_dir).save_yaml(tmp_path / "run.yaml")
@@ -357,3 +359,22 @@ def test_flags_only_train_and_sanity_cli(data_dir: Path, tmp_path: Path) -> None
     out = run_cli("train", "name=flags", *model, f"data.path={data_dir}", "steps=4", "--sanity",
                   "--sanity-steps", "3", "--quiet")
     assert out.returncode == 1 and "FAILED" in out.stdout  # 3 updates cannot overfit a batch
+
+
+def test_cosine_with_one_update_after_warmup_ends_at_the_floor(data_dir: Path) -> None:
+    """warmup_steps = steps - 1 leaves one cosine update: it is the last, so it is at lr_min_ratio·peak
+    (it stayed at the peak: progress 0 / max(1, 0))."""
+    cfg = make_cfg(data_dir, steps=4, warmup_steps=3, lr_peak=1e-3)
+    assert [lr_at(s, cfg) for s in range(4)] == pytest.approx([1e-3 / 3, 2e-3 / 3, 1e-3, 1e-4])
+    assert lr_at(4, make_cfg(data_dir, steps=5, warmup_steps=3, lr_peak=1e-3)) == pytest.approx(1e-4)
+
+
+def test_scaling_train_will_not_train_a_run_another_process_holds(data_dir: Path, tmp_path: Path) -> None:
+    """The CLI takes the run folder's lock as a launched run does, so one run never trains twice at once."""
+    from scaling.executors import _flock
+
+    make_cfg(data_dir, steps=4).save_yaml(tmp_path / "run.yaml")
+    with _flock(tmp_path / "run" / ".run.lock", "run run"):
+        out = run_cli("train", str(tmp_path / "run.yaml"), "--out", str(tmp_path / "run"), "--quiet")
+    assert out.returncode == 2 and "run run is locked by pid" in out.stderr, out.stderr
+    assert not (tmp_path / "run" / "metrics.parquet").exists()
