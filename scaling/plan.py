@@ -456,8 +456,14 @@ def make_plan(req: PlanRequest) -> Plan:
         if (req.shared_sizes or req.branching) and not req.ladder:
             targets = _on_ladder(targets, req)
         shapes: list[ModelConfig] = []
+        key = "total" if req.conventions.params == "total" else "non_embedding"
         for t in targets:
             s = shape_for(t, req)
+            if count_params(s)[key] < t / 2:  # the search's largest shapes (256 layers) fall short
+                raise ConfigError(
+                    f"--budget: {budget:.3g} FLOPs asks for models of {t:.3g} parameters, more than twice the "
+                    f"largest shape the planner builds here ({s.n_layer} x {s.d_model}); lower --budget, or "
+                    "give --ladder sizes")
             if s not in shapes:
                 shapes.append(s)
         fpt = {id(s): flops_per_token(s, req.conventions.params, req.conventions.flops) for s in shapes}
@@ -584,10 +590,14 @@ def format_plan(plan: Plan) -> str:
                 f"{p.name:<18} {m.n_layer:>3} {m.d_model:>5} {m.n_head:>3} {_si(p.n_params_total):>7} "
                 f"{_si(p.n_params_nonembedding):>7} {_si(p.tokens):>7} {p.tokens_per_param:>6.1f} "
                 f"{p.steps:>6} {p.batch_size:>4}x{m.context:<4} {p.lr_peak:>8.2e} {p.warmup_steps:>5} "
-                f"{p.flops_ratio:>8.4f} {p.gpu_hours:>7.3g} {p.cost_usd:>8.2f} {p.memory_gib:>7.1f}{epochs}"
+                f"{p.flops_ratio:>8.4f} {p.gpu_hours:>7.3g} {p.cost_usd:>8.2f} {p.memory_gib:>7.1f}"
+                f"{' M' if p.memory_gib * GIB > plan.gpu.memory_bytes else ''}{epochs}"
             )
         for d in b.dropped:
             lines.append(f"  dropped {d}")
+        if any(p.memory_gib * GIB > plan.gpu.memory_bytes for p in b.points):
+            lines.append(f"  M needs more than one {plan.gpu.name}'s {plan.gpu.memory_bytes / GIB:.0f} GiB at "
+                         "micro-batch 1: this trainer has no model parallelism (train it elsewhere or choose --gpu)")
         if any(p.repeated for p in b.points):
             lines.append(f"  ! repeats data more than {req.max_epochs:g} epochs (--drop-repeated to drop)")
     pts = plan.points

@@ -196,6 +196,7 @@ def test_spec_validation_names_field_path(tmp_path) -> None:
         (["--budget", "1e18", "--mfu", "2"], "--mfu"),
         (["--budget", "1e17", "--ladder", "1e15"], "--ladder"),  # no point left: the reason, not "too small"
         (["--budget", "1e17", "--out", "/tmp"], "--out /tmp: is a folder"),
+        (["--budget", "1e300"], "more than twice the largest shape the planner builds"),  # was 1 absurd run
     ],
 )
 def test_bad_input_is_one_line_exit_2(args: list[str], flag: str) -> None:
@@ -242,3 +243,15 @@ def test_gpu_hours_count_the_work_done_whatever_c_counts() -> None:
         assert p.gpu_hours == pytest.approx(work / (GPUS["h100"].peak_flops * 0.35) / 3600)
         assert to_sweep(plan).resolve(0).train.max_epochs == 9.0
     assert p.gpu_hours > 2 * p.flops / (GPUS["h100"].peak_flops * 0.35) / 3600  # non-embedding C: 2.6x less
+
+
+def test_models_beyond_one_gpus_memory_are_flagged() -> None:
+    """At 1e25 FLOPs the grid's models need terabytes even at micro-batch 1: each row says so."""
+    from scaling.plan import format_plan
+
+    text = format_plan(make_plan(PlanRequest(budgets=(1e25,), sizes=5)))
+    rows = [ln for ln in text.splitlines() if ln.startswith("C1e25_")]
+    assert len(rows) == 5 and all(ln.endswith(" M") for ln in rows)
+    assert "M needs more than one NVIDIA H100 SXM's 80 GiB at micro-batch 1" in text
+    small = format_plan(make_plan(PlanRequest(budgets=(1e18,))))
+    assert "M needs" not in small and not any(ln.endswith(" M") for ln in small.splitlines())
