@@ -33,6 +33,7 @@ __all__ = [
     "DebugExecutor",
     "execute",
     "run_state",
+    "lock_holder_gone",
     "visible_devices",
 ]
 
@@ -68,6 +69,21 @@ def run_state(out_dir: Path) -> dict[str, Any]:
     except json.JSONDecodeError:
         # run.json is written atomically; a bad one was edited by hand. Resume decides.
         return {"status": "unknown"}
+
+
+def lock_holder_gone(out_dir: Path) -> bool:
+    """True when the run's lock names a process on this machine that no longer exists: a run
+    whose run.json still says "running" then died without saying so (kill -9, a crash)."""
+    try:
+        pid, node = (out_dir / ".run.lock").read_text().removeprefix("pid ").split(" on ", 1)
+        if node.strip() != os.uname().nodename:
+            return False  # another node's process: nothing to tell from here
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except (OSError, ValueError):  # no lock, unreadable, not ours to signal, not our format
+        return False
+    return False
 
 
 @contextlib.contextmanager

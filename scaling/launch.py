@@ -33,7 +33,8 @@ from typing import Any
 
 from scaling.config import RunConfig, SweepConfig
 from scaling.errors import ConfigError, LaunchError
-from scaling.executors import DebugExecutor, Executor, Job, LocalExecutor, RunTask, _flock, run_state
+from scaling.executors import (DebugExecutor, Executor, Job, LocalExecutor, RunTask, _flock, lock_holder_gone,
+                               run_state)
 from scaling.slurm import SlurmExecutor
 
 __all__ = [
@@ -274,6 +275,8 @@ def format_status(sweep_dir: str | os.PathLike[str]) -> str:
         status = str(run_state(t.out_dir).get("status"))
         if status == "planned" and t.config.lineage and not t.ready:
             status = f"waiting: step {t.config.lineage.start_step}"  # of its trunk, above it
+        elif status == "running" and lock_holder_gone(t.out_dir):
+            status = "died: relaunch resumes"  # its process is gone; the checkpoint is what is left
         counts[status.split(":")[0]] = counts.get(status.split(":")[0], 0) + 1
         p = progress(t.out_dir)
         done = int(p.get("tokens") or 0)

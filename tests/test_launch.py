@@ -240,3 +240,22 @@ def test_status_columns_stay_aligned_for_runs_of_a_hundred_million_tokens() -> N
     assert summary == "12 done" and len(table) == 13
     assert {len(line) for line in table} == {len(table[0])}, table
     assert any("478,871,552/478,871,552" in line for line in table)
+
+
+def test_status_tells_a_run_whose_process_died_from_one_still_running(data_dir: Path, tmp_path: Path) -> None:
+    """run.json says "running" after a kill -9 of its process; the run lock's pid says otherwise."""
+    sweep = tiny_sweep(data_dir)
+    (tmp_path / sweep.name).mkdir()
+    sweep.save_yaml(tmp_path / sweep.name / "sweep.yaml")
+    dead, alive, elsewhere = (t.out_dir for t in sweep_tasks(sweep, tmp_path)[:3])
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()  # a pid that has exited
+    node = os.uname().nodename
+    for out, holder in ((dead, f"pid {gone} on {node}"), (alive, f"pid {os.getpid()} on {node}"),
+                        (elsewhere, f"pid {gone} on another-node")):
+        out.mkdir(parents=True)
+        (out / "run.json").write_text('{"status": "running"}')
+        (out / ".run.lock").write_text(holder)
+    lines = {ln.split()[0]: ln for ln in format_status(tmp_path / sweep.name).splitlines()[1:-1]}
+    assert "died: relaunch resumes" in lines[dead.name]
+    assert " running " in lines[alive.name] and " running " in lines[elsewhere.name]
