@@ -18,7 +18,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from scaling.config import RunConfig
+from scaling.config import RunConfig, atomic_write
 from scaling.errors import TrainError
 from scaling.model import GPT
 from scaling.results import branch_start_path, kept_checkpoint_path
@@ -55,16 +55,8 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 def _save_checkpoint(state: dict[str, Any], path: Path) -> None:
-    """torch.save through a temp file and a rename, so a crash never leaves half a checkpoint."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """torch.save through ``atomic_write``, so a crash never leaves half a checkpoint."""
+    atomic_write(path, lambda f: torch.save(state, f))
 
 
 def _load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:

@@ -19,7 +19,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, BinaryIO, Callable, Literal, TypeVar
 
 from scaling.errors import ConfigError
 
@@ -37,6 +37,7 @@ __all__ = [
     "SlurmConfig",
     "LaunchConfig",
     "SweepConfig",
+    "atomic_write",
     "atomic_write_text",
     "parse_dotlist",
     "wsd_decay_start",
@@ -50,10 +51,11 @@ ParamsConvention = Literal["total", "non-embedding"]
 FlopsFormula = Literal["6nd", "6nd+attn"]
 
 
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    """Write ``text`` to ``path`` through a temp file in the same folder and a rename.
+def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], object]) -> None:
+    """Call ``write(f)`` on a temp file in ``path``'s folder, fsync it, and rename it to ``path``.
 
-    A reader (or a crash) never sees a half-written file: the rename is atomic on POSIX.
+    A reader (or a crash) never sees a half-written file: the rename is atomic on POSIX, and the
+    fsync first means a power loss cannot leave the rename on disk without the data.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -63,14 +65,19 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
         umask = os.umask(0)
         os.umask(umask)
         os.fchmod(fd, 0o666 & ~umask)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """``atomic_write`` of ``text`` as UTF-8."""
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def _type_name(tp: Any) -> str:

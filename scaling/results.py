@@ -37,7 +37,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from scaling.config import ModelConfig, atomic_write_text, branch_costs
+from scaling.config import ModelConfig, atomic_write, atomic_write_text, branch_costs
 from scaling.errors import ConfigError, FitError
 
 if TYPE_CHECKING:
@@ -120,22 +120,8 @@ RUNS_SCHEMA = pa.schema(
 
 
 def write_parquet_atomic(table: pa.Table, path: str | os.PathLike[str]) -> None:
-    """Write ``table`` to ``path`` through a temp file and a rename (never half-written).
-
-    The temp file is fsynced before the rename, as ``atomic_write_text`` does: after a power loss
-    the rename may reach the disk before the data, leaving an empty file where the old one was.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            pq.write_table(table, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Write ``table`` to ``path`` through ``atomic_write`` (never half-written)."""
+    atomic_write(path, lambda f: pq.write_table(table, f))
 
 
 def read_metrics(path: str | os.PathLike[str]) -> pa.Table:
