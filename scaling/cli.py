@@ -361,6 +361,9 @@ def _add_fit_options(p: argparse.ArgumentParser) -> None:
                    help="bootstrap resamples of runs (default 1000; 0 = no intervals)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling (default 0)")
     p.add_argument("--ci", type=_float_arg("--ci"), default=0.95, help="interval level (default 0.95)")
+    p.add_argument("--loss", default="lsq", metavar="lsq|huber[:DELTA]",
+                   help="Approach 3's objective over log-loss residuals: lsq (least squares, default) or "
+                        "huber[:DELTA] (Hoffmann et al. 2022, DELTA 1e-3); recorded in fit.json")
 
 
 def _load_points(args: argparse.Namespace):  # -> results.FitData (import kept lazy)
@@ -394,7 +397,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     from scaling import fit, report
 
     data = _load_points(args)
-    fits, skipped = fit.fit_all(data, args.approach, n_bootstrap=args.bootstrap, seed=args.seed, ci=args.ci)
+    fits, skipped = fit.fit_all(data, args.approach, n_bootstrap=args.bootstrap, seed=args.seed, ci=args.ci,
+                                loss=fit.Objective.parse(args.loss))
     if args.out:
         out = Path(args.out)
     else:  # beside the results: the folder of the source, or the folder the sources share
@@ -470,7 +474,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     from scaling import predict, report
 
     data = _load_points(args)
-    result, rows = predict.validate(data, args.target, n_bootstrap=args.bootstrap, seed=args.seed, ci=args.ci)
+    result, rows = predict.validate(data, args.target, n_bootstrap=args.bootstrap, seed=args.seed, ci=args.ci,
+                                    loss=args.loss)
     print(report.format_validation(result, rows))
     return 0 if all(r.inside for r in rows) else 1
 

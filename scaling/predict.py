@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from scaling.errors import ConfigError, FitError
-from scaling.fit import FitResult, _check_ci, _interval, _json_safe, fit_approach3
+from scaling.fit import FitResult, Objective, _check_ci, _interval, _json_safe, fit_approach3, log_prediction
 from scaling.laws import ParametricLaw, iso_flop_optimum
 
 if TYPE_CHECKING:
@@ -40,19 +40,36 @@ class Prediction:
         return _json_safe({f.name: getattr(self, f.name) for f in fields(self)})
 
 
-def _noise(fit: FitResult, size: int) -> np.ndarray:
-    """Residual noise draws in log space, resampled from the fit's residuals (fixed seed)."""
-    res = np.asarray(fit.residuals, float)
-    return np.random.default_rng(fit.seed).choice(res, size) if res.size else np.zeros(size)
+def _included(fit: FitResult) -> str:
+    """What a loss interval includes, in words."""
+    cv = fit.details.get("cv") or {}
+    kappa = cv.get("kappa")
+    widened = (f", widened x{kappa:.2f} by in-sweep cross-validation ({cv['n_held']} held-out runs "
+               f"extrapolated worse than the fit's own uncertainty)" if kappa and kappa > 1 else
+               ", not widened: in-sweep cross-validation found errors within it" if kappa else
+               ", not checked by in-sweep cross-validation (too few runs per fold)")
+    return ("linearized fit uncertainty plus run noise sigma "
+            f"{fit.details['sigma']:.2%} (Student t, {fit.details['dof']} dof){widened}")
 
 
-def _included(k: int, noise: bool) -> str:
-    """What a prediction interval includes, in words."""
-    if not k:
-        return "no bootstrap draws, so no interval (fit with --bootstrap > 0)"
-    return f"bootstrap distribution of the fit ({k} resamples of runs)" + (
-        " times exp(a log-space residual of the full-data fit, resampled): parameter uncertainty "
-        "plus run-to-run scatter" if noise else ": parameter uncertainty only")
+def loss_interval(fit: FitResult, n_params: float, tokens: float, ci: float) -> tuple[float, float] | None:
+    """The prediction interval at level ``ci`` of a new run's loss at (N, D) under an Approach 3 fit.
+
+    In log space: log L̂ ± kappa·t_dof·sqrt(sd² + σ̂²), with sd the linearized standard error of
+    log L̂ (``scaling.fit.log_prediction``), σ̂ the runs' scatter about the law, t the Student
+    quantile at the fit's n − 5 degrees of freedom, and kappa ≥ 1 the in-sweep cross-validation's
+    widening (``fit_approach3``). Known-truth coverage of this interval is measured by
+    ``benchmarks/calibration.py``. None for a fit written before these fields existed.
+    """
+    from scipy.stats import t as student_t
+
+    d = fit.details
+    if "cov" not in d:
+        return None
+    mu, sd = log_prediction(d, n_params, tokens)
+    kappa = (d.get("cv") or {}).get("kappa") or 1.0
+    half = kappa * float(student_t.ppf(0.5 + ci / 2.0, d["dof"])) * np.sqrt(sd[0] ** 2 + d["sigma"] ** 2)
+    return float(np.exp(mu[0] - half)), float(np.exp(mu[0] + half))
 
 
 def _sampled_law(fit: FitResult) -> ParametricLaw | None:
@@ -70,21 +87,14 @@ def _level(fit: FitResult, ci: float | None) -> float:
 
 
 def predict(fit: FitResult, n_params: float, tokens: float, *, ci: float | None = None) -> Prediction:
-    """Loss of N = ``n_params`` trained on D = ``tokens`` under an Approach 3 fit, with interval.
-
-    The interval is a percentile interval of L(N, D; θ_b)·exp(ε_b) over the bootstrap draws θ_b,
-    with ε_b drawn from the full-data fit's log residuals: parameter uncertainty plus the
-    scatter of single runs about the law. Pure: the same fit gives the same interval. Without
-    bootstrap draws (``n_bootstrap`` 0) the interval is None. Raises FitError for a fit the
-    data do not identify (``FitResult.law``).
+    """Loss of N = ``n_params`` trained on D = ``tokens`` under an Approach 3 fit, with the
+    prediction interval of ``loss_interval`` (fit uncertainty plus run noise, widened by the
+    in-sweep cross-validation). Pure: the same fit gives the same interval. Raises FitError for
+    a fit the data do not identify (``FitResult.law``).
     """
-    law, laws, ci = fit.law(), _sampled_law(fit), _level(fit, ci)
-    iv, k = None, 0
-    if laws is not None:
-        loss_b = laws.loss(n_params, tokens)
-        iv, k = _interval(loss_b * np.exp(_noise(fit, loss_b.size)), ci), loss_b.size
+    law, ci = fit.law(), _level(fit, ci)
     return Prediction(fit.method, n_params, tokens, None, float(law.loss(n_params, tokens)),
-                      {"loss": iv}, ci, _included(k, True))
+                      {"loss": loss_interval(fit, n_params, tokens, ci)}, ci, _included(fit))
 
 
 def predict_optimal(fit: FitResult, flops: float, *, ci: float | None = None) -> Prediction:
@@ -93,7 +103,7 @@ def predict_optimal(fit: FitResult, flops: float, *, ci: float | None = None) ->
     Approach 3 minimises its L(N, D) on C's IsoFLOP curve under the fit's FLOP convention
     (``FitResult.optimal``: N_opt = G·(C/6)^a under C = 6·N·D, Hoffmann et al. Eq. 4);
     Approaches 1 and 2 use their fitted power laws. N and D intervals are bootstrap percentiles
-    (no residual term); the loss interval adds residual noise as in ``predict``.
+    (no residual term); the loss interval is ``predict``'s at the predicted (N_opt, D_opt).
 
     Raises
     ------
@@ -102,13 +112,14 @@ def predict_optimal(fit: FitResult, flops: float, *, ci: float | None = None) ->
     """
     ci = _level(fit, ci)
     s = {k: np.asarray(v) for k, v in fit.samples.items()}
-    n_b = d_b = loss_b = np.array([])
+    n_b = d_b = np.array([])
+    loss_iv = None
     if fit.method == "approach3":
         n, d = fit.optimal(flops)
         loss = float(fit.law().loss(n, d))
+        loss_iv = loss_interval(fit, n, d, ci)
         if (laws := _sampled_law(fit)) is not None:
             n_b, d_b = iso_flop_optimum(laws, flops, fit.details.get("flops_ratio"))
-            loss_b = laws.loss(n_b, d_b) * np.exp(_noise(fit, n_b.size))
     elif fit.method in ("approach1", "approach2"):
         p, loss = fit.params, None
         n, d = p["k_N"] * flops ** p["a"], p["k_D"] * flops ** p["b"]
@@ -117,8 +128,10 @@ def predict_optimal(fit: FitResult, flops: float, *, ci: float | None = None) ->
     else:
         raise FitError(f"{fit.method} gives no compute-optimal allocation; use approach 1, 2 or 3")
     return Prediction(fit.method, float(n), float(d), flops, loss,
-                      {"n_params": _interval(n_b, ci), "tokens": _interval(d_b, ci), "loss": _interval(loss_b, ci)},
-                      ci, _included(n_b.size, loss is not None))
+                      {"n_params": _interval(n_b, ci), "tokens": _interval(d_b, ci), "loss": loss_iv},
+                      ci, (f"N, D: bootstrap distribution of the fit ({n_b.size} resamples of runs)" if n_b.size
+                           else "N, D: no bootstrap draws, so no interval (fit with --bootstrap > 0)")
+                      + (f"; loss: {_included(fit)}" if loss is not None else ""))
 
 
 @dataclass(frozen=True)
@@ -140,16 +153,15 @@ class ValidationRow:
 
 
 def validate(data: FitData, targets: Sequence[str], *, n_bootstrap: int = 1000, seed: int = 0,
-             ci: float = 0.95, grid: np.ndarray | None = None) -> tuple[FitResult, list[ValidationRow]]:
-    """Fit Approach 3 on every run except ``targets`` (names, run ids or sweeps); predict each target."""
-    if n_bootstrap < 1:
-        raise ConfigError(f"--bootstrap must be >= 1 to validate: the check needs prediction intervals "
-                          f"(got {n_bootstrap})")
+             ci: float = 0.95, grid: np.ndarray | None = None,
+             loss: Objective | str = "lsq") -> tuple[FitResult, list[ValidationRow]]:
+    """Fit Approach 3 (with its in-sweep cross-validation) on every run except ``targets`` (names,
+    run ids or sweeps); predict each target with ``predict``'s interval."""
     held = data.match(targets)
     if (~held).sum() < 5:
         raise FitError(f"holding out {int(held.sum())} run(s) leaves {int((~held).sum())} to fit; Approach 3 "
                        "needs at least 5 (add results folders with more runs, or hold out fewer)")
-    fit = fit_approach3(data.subset(~held), n_bootstrap=n_bootstrap, seed=seed, ci=ci, grid=grid)
+    fit = fit_approach3(data.subset(~held), n_bootstrap=n_bootstrap, seed=seed, ci=ci, grid=grid, loss=loss)
     rows = []
     for i in np.flatnonzero(held):
         p = predict(fit, float(data.params[i]), float(data.tokens[i]))

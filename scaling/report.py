@@ -23,13 +23,13 @@ from scaling.results import FitData
 
 __all__ = [
     "format_fits", "format_prediction", "format_validation", "plot_isoflop", "plot_loss_vs_compute",
-    "plot_allocation", "plot_residuals", "write_report",
+    "format_cross_validation", "plot_allocation", "plot_residuals", "write_report",
 ]
 
 _TITLES = {
     "approach1": "Approach 1: lower envelope of training curves; N_opt = k_N·C^a, D_opt = k_D·C^b",
     "approach2": "Approach 2: IsoFLOP parabolas; N_opt = k_N·C^a, D_opt = k_D·C^b",
-    "approach3": "Approach 3: L(N, D) = E + A/N^alpha + B/D^beta (Huber δ=1e-3 on log L, L-BFGS)",
+    "approach3": "Approach 3: L(N, D) = E + A/N^alpha + B/D^beta (fitted in log L, L-BFGS)",
     "kaplan_N": "Kaplan L(N) = (N_c/N)^alpha_N, on the best loss per model size",
     "kaplan_D": "Kaplan L(D) = (D_c/D)^alpha_D, on the best loss per token count",
     "kaplan_C": "Kaplan L(C) = (C_c/C)^alpha_C, on the compute frontier (C_c in FLOPs)",
@@ -74,10 +74,42 @@ def format_fits(fits: dict[str, FitResult], skipped: dict[str, str], data: FitDa
             out.append(f"  {'C_c [PF-days]':<{width}}  {_g(fit.params['C_c'] / _PF_DAY):>10}")
         if name in _KAPLAN_PUBLISHED:
             out.append(f"  published: {_KAPLAN_PUBLISHED[name]}")
+        if name == "approach3" and "sigma" in fit.details:
+            out += format_cross_validation(fit)
+        if name == "approach2":
+            out += [_bracket_line(b) for b in fit.details["budgets"]]
         out += [f"  note: {n}" for n in fit.notes]
     out += _side_by_side(fits)
     out += [f"skipped {k}: {v}" for k, v in skipped.items()]
     return "\n".join(out)
+
+
+def _bracket_line(budget: dict[str, Any]) -> str:
+    """Whether one IsoFLOP budget's fitted minimum lies inside the sizes trained."""
+    head = f"  budget {budget['flops']:.3g}: "
+    if not budget["N_opt"]:
+        return head + "no interior minimum (the parabola opens downward)"
+    lo, hi = budget["log_n_range"]
+    where = "inside" if lo <= math.log(budget["N_opt"]) <= hi else "OUTSIDE"
+    return head + f"minimum N {_g(budget['N_opt'])} {where} the sizes trained ({_g(math.exp(lo))}-{_g(math.exp(hi))})"
+
+
+def format_cross_validation(fit: FitResult) -> list[str]:
+    """Approach 3's objective, run noise and in-sweep cross-validation, as indented lines."""
+    d = fit.details
+    out = [f"  objective: {d['objective']}; run noise sigma {d['sigma']:.2%} of the loss ({d['dof']} dof)"]
+    cv = d.get("cv")
+    if not cv:
+        return out
+    for f in cv["folds"]:
+        what = f"  cross-validation, {f['fold']} held out ({len(f['runs'])} runs): "
+        out.append(what + (f"skipped ({f['skipped']})" if "skipped" in f else
+                           "predicted - actual " + " ".join(f"{e:+.1%}" for e in f["rel_error"])))
+    if cv["kappa"] is not None:
+        out.append(f"  cross-validation RMS error {cv['rms_rel_error']:.2%} over {cv['n_held']} held-out runs; "
+                   + (f"prediction intervals widened x{cv['kappa']:.2f}" if cv["kappa"] > 1
+                      else "within the fit's own uncertainty (intervals not widened)"))
+    return out
 
 
 def _side_by_side(fits: dict[str, FitResult]) -> list[str]:
@@ -115,7 +147,8 @@ def format_validation(fit: FitResult, rows: Sequence[ValidationRow]) -> str:
     """Predicted vs actual for each held-out run, and whether the actual lies inside the interval."""
     head = (f"{'run':<28} {'N':>10} {'D':>10} {'actual':>8} {'predicted':>9} "
             f"{f'{fit.ci:.0%} interval':>20} {'rel.err':>8}  inside")
-    out = [f"Approach 3 fitted on {fit.n_points} runs ({fit.message}); {len(rows)} held out", head]
+    out = [f"Approach 3 fitted on {fit.n_points} runs ({fit.message}); {len(rows)} held out",
+           *format_cross_validation(fit), head]
     for r in rows:
         out.append(f"{r.name[:28]:<28} {_g(r.n_params):>10} {_g(r.tokens):>10} {r.actual:8.4f} {r.predicted:9.4f} "
                    f"{_iv(r.interval):>20} {r.rel_error:+8.2%}  {'yes' if r.inside else 'NO'}")

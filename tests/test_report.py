@@ -45,9 +45,9 @@ def test_format_prediction_and_validation(table_fits):
     p = predict(fits["approach3"], 1e9, 2e10)
     text = report.format_prediction(p)
     assert f"loss {p.loss:.4g} [{p.intervals['loss'][0]:.4g}, {p.intervals['loss'][1]:.4g}] (95%)" in text
-    assert "interval: bootstrap distribution of the fit (40 resamples of runs) times exp(" in text
+    assert "interval: linearized fit uncertainty plus run noise sigma" in text and "dof)" in text
     text = report.format_prediction(predict_optimal(fits["approach2"], 1e22))
-    assert text.startswith("approach2: C = 1e+22 → N_opt") and "parameter uncertainty only" in text
+    assert text.startswith("approach2: C = 1e+22 → N_opt") and "N, D: bootstrap distribution of the fit (40" in text
     row = ValidationRow("big-run", "id1", 1e9, 2e10, 2.5, 2.4, (2.3, 2.45), -0.04, False)
     text = report.format_validation(fits["approach3"], [row])
     assert "big-run" in text and "-4.00%" in text and "NO" in text and "0/1 inside" in text
