@@ -53,7 +53,7 @@ from scaling.config import (
 )
 from scaling.errors import ConfigError
 from scaling.laws import PUBLISHED_LAWS
-from scaling.model import count_params, flops_per_token
+from scaling.model import count_params, flops_formula, flops_per_token
 
 __all__ = [
     "GPU",
@@ -239,6 +239,7 @@ class Plan:
         return {
             "conventions": {
                 **req.pop("conventions"),
+                "flops_formula": flops_formula(self.request.conventions.params, self.request.conventions.flops),
                 "tokens_per_param": "tokens / N under the params convention",
                 "why": _CONVENTION_WHY,
             },
@@ -564,7 +565,7 @@ def format_plan(plan: Plan) -> str:
     lines = [
         f"Conventions: N = {conv.params} parameters"
         f" ({'Hoffmann et al. 2022' if conv.params == 'total' else 'Kaplan et al. 2020'}); "
-        f"C = {'6·N·D' if conv.flops == '6nd' else '(6·N + 12·L·d·T)·D'}; tokens/param = D/N.",
+        f"C = {flops_formula(conv.params, conv.flops)}; tokens/param = D/N.",
         f"Estimates: {plan.gpu.name} at {plan.gpu.peak_flops / 1e12:.0f} TFLOP/s bf16 x MFU {req.mfu:.0%},"
         f" ${plan.price_per_hour:.2f}/GPU-hour (assumed; --price-per-hour to set); time counts"
         " 6·N_total + attention FLOPs per token, as MFU does.",
@@ -630,7 +631,8 @@ def to_sweep(plan: Plan, name: str | None = None, data_path: str | None = None) 
         # The trainer refuses runs over its max_epochs: the plan's limit, so a point it kept trains.
         train=TrainConfig(schedule="wsd-branch" if branching else "cosine", max_epochs=plan.request.max_epochs),
         conventions=plan.request.conventions,
-        plan={**req, "budgets": list(plan.request.budgets), "ladder": list(plan.request.ladder)},
+        plan={**req, "budgets": list(plan.request.budgets), "ladder": list(plan.request.ladder),
+              "flops_formula": flops_formula(plan.request.conventions.params, plan.request.conventions.flops)},
         branches=_branch_groups(plan) if branching else [],
     ).check()
 
