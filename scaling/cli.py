@@ -75,6 +75,13 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:
                    help="data-repetition limit (default 4, Muennighoff et al. 2023)")
     p.add_argument("--drop-repeated", action="store_true", help="drop points over --max-epochs instead of flagging")
     p.add_argument("--min-steps", type=int, default=200, help="fewest optimizer steps per run (default 200)")
+    p.add_argument("--max-embedding-fraction", type=_float_arg("--max-embedding-fraction"),
+                   default=plan.MAX_EMBEDDING_FRACTION,
+                   help="drop points whose embedding + head exceed this share of N_total (default 0.5; 1 keeps all)")
+    p.add_argument("--min-tokens-per-param", type=_float_arg("--min-tokens-per-param", positive=False),
+                   default=plan.MIN_TOKENS_PER_PARAM,
+                   help="drop points below this D/N (default 5: Gadre et al. 2024 find fits on D/N <= 5 "
+                        "unreliable; 0 keeps all)")
     p.add_argument("--name", default=None, help="sweep name in the spec (default: from --out)")
     p.add_argument("--out", default=None, help="write a launchable sweep spec, e.g. sweeps/NAME.yaml")
     p.add_argument("--json", action="store_true", help="print the plan as one JSON object")
