@@ -80,6 +80,7 @@ __all__ = [
     "gpu_hours",
     "estimate_hours",
     "make_plan",
+    "locates_minimum",
     "format_plan",
     "to_sweep",
     "request_from_args",
@@ -609,6 +610,14 @@ def _bracket(points: list[PlanPoint], shapes: list[ModelConfig], center_n: float
     return sorted(out, key=lambda p: p.n_params)
 
 
+def locates_minimum(b: BudgetPlan, req: PlanRequest) -> bool:
+    """Whether budget ``b``'s sizes can locate its IsoFLOP minimum: at least 3 (a parabola's
+    parameters), with some on each side of the centre law's N_opt (by ``_beyond``'s margin)."""
+    center_n = b.compute_optimal[req.center]["n_params"]
+    ns = [p.n_params for p in b.points]
+    return len(ns) >= 3 and all(any(_beyond(n, center_n, side, req) for n in ns) for side in (-1, 1))
+
+
 def _beyond(n: float, center_n: float, side: int, req: PlanRequest) -> bool:
     """Whether size ``n`` lies on ``side`` (-1 below, +1 above) of N_opt by more than 1/8 of a grid
     step: a size within a hair of N_opt (shape rounding) brackets nothing."""
@@ -763,14 +772,16 @@ def branched_flops(plan: Plan) -> float:
     return total
 
 
-def request_from_args(args: argparse.Namespace) -> PlanRequest:
-    """Build a PlanRequest from ``scaling plan`` flags (reading --data's meta.json if given)."""
-    if args.budget is not None:
-        budgets: tuple[float, ...] = (args.budget,)
-    elif args.budgets:
+def request_from_args(args: argparse.Namespace, budgets: tuple[float, ...] | None = None) -> PlanRequest:
+    """Build a PlanRequest from ``scaling plan`` flags (reading --data's meta.json if given);
+    ``budgets``, where given, instead of --budget / --budgets (``scaling.design`` chooses them)."""
+    if budgets is None and args.budget is not None:
+        budgets = (args.budget,)
+    elif budgets is None and args.budgets:
         budgets = parse_budgets(args.budgets)
-    else:
-        raise ConfigError("--budget: give a compute budget, e.g. --budget 1e18 (or --budgets 1e16:1e18:5)")
+    elif budgets is None:
+        raise ConfigError("--budget: give a compute budget, e.g. --budget 1e18 (or --budgets 1e16:1e18:5, "
+                          "or --target-params N to plan the sweep for a model)")
     vocab, unique = args.vocab, args.unique_tokens
     if args.data:
         from scaling.data import load_meta
