@@ -50,6 +50,8 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--budget", type=_float_arg("--budget"), help="one compute budget in FLOPs, e.g. 1e18")
     g.add_argument("--budgets", help="comma list (1e16,3e16,1e17) or log range START:STOP:COUNT (1e16:1e18:5)")
+    g.add_argument("--target-params", type=_float_arg("--target-params"), default=None,
+                   help="plan the sweep that predicts a model of this N (and write --out's _target spec for it)")
     p.add_argument("--sizes", type=int, default=7, help="model sizes per budget, 5-9 (default 7)")
     p.add_argument("--ladder", default=None,
                    help="fixed model sizes N for every budget instead of a grid around N_opt, e.g. 6e6,12e6,25e6,50e6")
@@ -75,25 +77,32 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:
                    help="data-repetition limit (default 4, Muennighoff et al. 2023)")
     p.add_argument("--drop-repeated", action="store_true", help="drop points over --max-epochs instead of flagging")
     p.add_argument("--min-steps", type=int, default=200, help="fewest optimizer steps per run (default 200)")
+    p.add_argument("--max-embedding-fraction", type=_float_arg("--max-embedding-fraction"),
+                   default=plan.MAX_EMBEDDING_FRACTION,
+                   help="drop points whose embedding + head exceed this share of N_total (default 0.5; 1 keeps all)")
+    p.add_argument("--min-tokens-per-param", type=_float_arg("--min-tokens-per-param", positive=False),
+                   default=plan.MIN_TOKENS_PER_PARAM,
+                   help="drop points below this D/N (default 5: Gadre et al. 2024 find fits on D/N <= 5 "
+                        "unreliable; 0 keeps all)")
     p.add_argument("--name", default=None, help="sweep name in the spec (default: from --out)")
     p.add_argument("--out", default=None, help="write a launchable sweep spec, e.g. sweeps/NAME.yaml")
     p.add_argument("--json", action="store_true", help="print the plan as one JSON object")
     _add_branching_options(p)
+    _add_target_options(p)
     p.set_defaults(func=_cmd_plan)
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
     from scaling import plan
 
+    if args.target_params is not None:
+        return _cmd_plan_target(args)
     request = plan.request_from_args(args)
     result = plan.make_plan(request)
     if args.out:
         from pathlib import Path
 
-        from scaling.errors import ConfigError
-
-        if Path(args.out).is_dir():
-            raise ConfigError(f"--out {args.out}: is a folder; give the spec's file, e.g. sweeps/NAME.yaml")
+        _check_out(args.out)
         # The sweep's name (and so its results folder) defaults to the spec's file name, as --help says.
         plan.to_sweep(result, name=args.name or Path(args.out).stem, data_path=args.data).save_yaml(args.out)
     if args.json:
@@ -105,6 +114,52 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         if args.out:
             print(f"\nwrote {args.out}  (launch it with: scaling launch {args.out})")
     return 0
+
+
+def _cmd_plan_target(args: argparse.Namespace) -> int:
+    """``scaling plan --target-params``: the sweep for a model, and (with --out) both specs."""
+    from scaling import design
+
+    result = design.target_from_args(args)
+    if args.out:
+        _check_out(args.out)
+        paths = design.write_specs(result, args.out, data_path=args.data)
+    if args.json:
+        import json
+
+        print(json.dumps({"sweep": result.sweep.to_dict(), "target": result.provenance()}, indent=1))
+    else:
+        print(design.format_target(result))
+        if args.out:
+            print(f"\nwrote {paths[0]} and {paths[1]}  (launch the sweep with: scaling launch {paths[0]}; "
+                  f"the target with: scaling launch {paths[1]})")
+    return 0
+
+
+def _check_out(out: str) -> None:
+    """--out must name the spec's file, not a folder."""
+    from pathlib import Path
+
+    from scaling.errors import ConfigError
+
+    if Path(out).is_dir():
+        raise ConfigError(f"--out {out}: is a folder; give the spec's file, e.g. sweeps/NAME.yaml")
+
+
+def _add_target_options(p: argparse.ArgumentParser) -> None:
+    """``scaling plan --target-params`` options: the target's tokens and where the sweep sits."""
+    from scaling import design
+
+    t = p.add_mutually_exclusive_group()
+    t.add_argument("--target-tokens", type=_float_arg("--target-tokens"), default=None,
+                   help="the target's D (default: --target-ratio x N)")
+    t.add_argument("--target-ratio", type=_float_arg("--target-ratio"), default=None,
+                   help=f"the target's D/N (default {design.TOKENS_PER_PARAM:g}, Hoffmann et al. 2022)")
+    p.add_argument("--target-factor", type=_float_arg("--target-factor"), default=design.FLOPS_FACTOR,
+                   help=f"largest sweep budget = target C / FACTOR (default {design.FLOPS_FACTOR:g})")
+    p.add_argument("--target-decades", type=_float_arg("--target-decades"), default=1.0,
+                   help="decades of compute the sweep's budgets span, >= 1 (default 1)")
+    p.add_argument("--target-budgets", type=int, default=3, help="budgets in the sweep (default 3)")
 
 
 # ----------------------------------------------------------------------------- branching (plan options)

@@ -17,7 +17,7 @@ from torch.utils.checkpoint import checkpoint
 
 from scaling.config import FlopsFormula, ModelConfig, ParamsConvention
 
-__all__ = ["count_params", "n_params", "flops_per_token", "GPT"]
+__all__ = ["count_params", "n_params", "flops_per_token", "flops_formula", "GPT"]
 
 
 def count_params(cfg: ModelConfig) -> dict[str, int]:
@@ -50,16 +50,34 @@ def flops_per_token(
 ) -> float:
     """Training FLOPs per token (forward + backward), so that C = flops_per_token · D.
 
-    "6nd": 6·N — 2 FLOPs per multiply-add per parameter forward, twice that backward
-    (Kaplan et al. 2020, Sec. 2.1). "6nd+attn" adds the attention score and weighted-value
-    matmuls that no parameter accounts for, 12·L·d·T per token over a full (non-causal)
-    T×T map (PaLM, Chowdhery et al. 2022, App. B). Ignored by both: LayerNorm, softmax, GELU
-    and the loss, each O(d) per token (< 1% at these shapes).
+    "6nd": 6 FLOPs per matmul parameter — 2 per multiply-add forward, twice that backward
+    (Kaplan et al. 2020, Sec. 2.1). Under "total" N that is 6·N_total. Under "non-embedding" N
+    it is 6·(N_nonembedding + V·d): the output projection (unembedding) is a V×d matmul at every
+    token whether or not N counts its table, so C counts it either way — FLOPs are a property of
+    the model, not of how N is counted (Porian et al. 2024, "Resolving discrepancies in
+    compute-optimal scaling", the first of their factors; DeepSeek-AI 2024's M counts it too).
+    Without it, C of a 2 x 128 model with GPT-2's 50,257 tokens would be 17x too small. The token
+    and position lookups cost no matmul and stay out. "6nd+attn" adds the attention score and
+    weighted-value matmuls that no parameter accounts for, 12·L·d·T per token over a full
+    (non-causal) T×T map (PaLM, Chowdhery et al. 2022, App. B). Ignored by all: LayerNorm,
+    softmax, GELU and the loss, each O(d) per token (< 1% at these shapes). ``flops_formula``
+    names the formula in the form runs, plans and fits record.
     """
-    base = 6.0 * n_params(cfg, convention)
+    counts = count_params(cfg)
+    if convention == "total":
+        base = 6.0 * counts["total"]
+    else:
+        base = 6.0 * (counts["non_embedding"] + cfg.vocab_size * cfg.d_model)
     if formula == "6nd+attn":
         base += 12.0 * cfg.n_layer * cfg.d_model * cfg.context
     return base
+
+
+def flops_formula(convention: ParamsConvention = "total", formula: FlopsFormula = "6nd") -> str:
+    """C per run as ``flops_per_token`` computes it under these conventions, as a short string
+    (``"6ND"``, ``"(6N+12LdT)D"``, ``"6(N_nonemb+Vd)D"``, ``"(6(N_nonemb+Vd)+12LdT)D"``)."""
+    matmul = "6N" if convention == "total" else "6(N_nonemb+Vd)"
+    return f"{matmul}D" if formula == "6nd" else f"({matmul}+12LdT)D"
 
 
 # ----------------------------------------------------------------------------- the module

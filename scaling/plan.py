@@ -23,6 +23,14 @@ its source:
   the gradients of both), plus 1 GiB of CUDA context.
 - Data: points repeating data more than ``max_epochs`` times are flagged or dropped (Muennighoff
   et al. 2023 find up to ~4 epochs nearly as good as fresh data).
+- Guards (on by default; each drop is listed and each guard that fired adds one note naming the
+  fix): a point whose embedding + head parameters exceed ``max_embedding_fraction`` (0.5) of
+  N_total is dropped — its loss measures the vocabulary table more than the transformer that the
+  law extrapolates (at 1e15 FLOPs GPT-2's 50,257 tokens make a 1 x 64 "3.3M" model 98% table);
+  so is a point below ``min_tokens_per_param`` (5) tokens per parameter (``MIN_TOKENS_PER_PARAM``).
+  Then each budget's sizes must bracket the centre law's N_opt: where the drops left no size on
+  one side, one size between N_opt and the dropped neighbour is added if it passes the guards;
+  otherwise a note says so and names the fix.
 - Branching (``--branching``, Hägele et al. 2024): without ``--ladder``, each budget's sizes snap
   to one log ladder shared by all budgets (same spacing, centred within half a rung), so a size
   recurs at several token counts; each size gets one batch (the smallest its budgets chose:
@@ -53,12 +61,14 @@ from scaling.config import (
 )
 from scaling.errors import ConfigError
 from scaling.laws import PUBLISHED_LAWS
-from scaling.model import count_params, flops_per_token
+from scaling.model import count_params, flops_formula, flops_per_token
 
 __all__ = [
     "GPU",
     "GPUS",
     "GPU_PEAK_FLOPS",
+    "MIN_TOKENS_PER_PARAM",
+    "MAX_EMBEDDING_FRACTION",
     "peak_flops",
     "PlanRequest",
     "PlanPoint",
@@ -70,6 +80,7 @@ __all__ = [
     "gpu_hours",
     "estimate_hours",
     "make_plan",
+    "locates_minimum",
     "format_plan",
     "to_sweep",
     "request_from_args",
@@ -77,6 +88,17 @@ __all__ = [
 ]
 
 GIB = 2**30
+# Tokens per parameter below which a point is dropped. Gadre et al. 2024 ("Language models scale
+# reliably with over-training and on downstream tasks") find fits that lean on token multipliers
+# M = D/N <= 5 unreliable. 5 and not higher: at Chinchilla's ~20 tokens/param a floor of 5 sits at
+# N = 2·N_opt (D/N falls as 1/N^2 at fixed C), the grid's 2x edge, and a higher one would cut the
+# sizes above N_opt that an IsoFLOP parabola needs to bracket its minimum.
+MIN_TOKENS_PER_PARAM = 5.0
+# Largest share of N_total the embedding and output tables may hold (the issue's "half of N").
+MAX_EMBEDDING_FRACTION = 0.5
+_EMBEDDING_FIX = ("use a smaller vocabulary (scaling prepare --tokenizer bpe:VOCAB, then plan --data or --vocab), "
+                  "a larger budget, or --max-embedding-fraction 1 to keep them")
+_FLOOR_FIX = "use a smaller --spread, or --min-tokens-per-param 0 to keep them"
 COOLDOWN_SHAPES = ("1-sqrt", "linear", "cosine")  # the WSD decay shapes the trainer knows
 
 
@@ -156,6 +178,8 @@ class PlanRequest:
     branching: bool = False  # shared sizes, written as a wsd-branch spec (trunk + cooldown branches)
     cooldown_fraction: float = 0.2
     cooldown_shape: Literal["1-sqrt", "linear", "cosine"] = "1-sqrt"
+    max_embedding_fraction: float = MAX_EMBEDDING_FRACTION  # 1 keeps embedding-dominated points
+    min_tokens_per_param: float = MIN_TOKENS_PER_PARAM  # 0 keeps every D/N
 
     def validate(self) -> None:
         """Raise one ConfigError naming the flag and the fix for the first bad value."""
@@ -178,6 +202,11 @@ class PlanRequest:
              f"--cooldown-fraction: must be in (0, 1), e.g. 0.2 (got {self.cooldown_fraction})"),
             (self.cooldown_shape in COOLDOWN_SHAPES,
              f"--cooldown-shape: use one of {', '.join(COOLDOWN_SHAPES)} (got {self.cooldown_shape!r})"),
+            (0 < self.max_embedding_fraction <= 1,
+             f"--max-embedding-fraction: must be in (0, 1], e.g. 0.5; 1 turns the guard off "
+             f"(got {self.max_embedding_fraction})"),
+            (0 <= self.min_tokens_per_param < math.inf,
+             f"--min-tokens-per-param: must be >= 0, e.g. 5; 0 turns the floor off (got {self.min_tokens_per_param})"),
         ]
         for ok, message in checks:
             if not ok:
@@ -219,6 +248,7 @@ class BudgetPlan:
     compute_optimal: dict[str, dict[str, Any]]
     points: list[PlanPoint]
     dropped: list[str]
+    notes: list[str] = field(default_factory=list)  # one line per guard that fired, naming the fix
 
 
 @dataclass(frozen=True)
@@ -239,6 +269,7 @@ class Plan:
         return {
             "conventions": {
                 **req.pop("conventions"),
+                "flops_formula": flops_formula(self.request.conventions.params, self.request.conventions.flops),
                 "tokens_per_param": "tokens / N under the params convention",
                 "why": _CONVENTION_WHY,
             },
@@ -447,89 +478,8 @@ def make_plan(req: PlanRequest) -> Plan:
     """Plan an IsoFLOP grid for every budget of ``req``; raise ConfigError on bad input."""
     req.validate()
     gpu = GPUS[req.gpu]
-    price = req.price_per_hour if req.price_per_hour is not None else gpu.price_per_hour
-    budgets, tags = [], _budget_tags(req.budgets)
-    for budget in req.budgets:
-        center_n, _ = PUBLISHED_LAWS[req.center].optimal(budget)
-        targets = list(req.ladder) or [center_n * req.spread ** (2 * i / (req.sizes - 1) - 1)
-                                       for i in range(req.sizes)]
-        if (req.shared_sizes or req.branching) and not req.ladder:
-            targets = _on_ladder(targets, req)
-        shapes: list[ModelConfig] = []
-        key = "total" if req.conventions.params == "total" else "non_embedding"
-        for t in targets:
-            s = shape_for(t, req)
-            if count_params(s)[key] < t / 2:  # the search's largest shapes (256 layers) fall short
-                raise ConfigError(
-                    f"--budget: {budget:.3g} FLOPs asks for models of {t:.3g} parameters, more than twice the "
-                    f"largest shape the planner builds here ({s.n_layer} x {s.d_model}); lower --budget, or "
-                    "give --ladder sizes")
-            if s not in shapes:
-                shapes.append(s)
-        fpt = {id(s): flops_per_token(s, req.conventions.params, req.conventions.flops) for s in shapes}
-        # One batch size per budget, small enough that the largest model still gets min_steps.
-        seqs = _batch_sequences(budget, req.context)
-        min_tokens = min(budget / fpt[id(s)] for s in shapes)
-        while seqs > 1 and min_tokens / (seqs * req.context) < req.min_steps:
-            seqs //= 2
-        points, dropped = [], []
-        for s in shapes:
-            counts = count_params(s)
-            steps = round(budget / fpt[id(s)] / (seqs * req.context))
-            if steps < req.min_steps:
-                dropped.append(
-                    f"{s.n_layer}x{s.d_model}: only {steps} steps of {seqs}x{req.context} tokens "
-                    f"(< --min-steps {req.min_steps})"
-                )
-                continue
-            tokens = steps * seqs * req.context
-            flops = fpt[id(s)] * tokens
-            n = counts["total" if req.conventions.params == "total" else "non_embedding"]
-            epochs = tokens / req.unique_tokens if req.unique_tokens else None
-            repeated = epochs is not None and epochs > req.max_epochs
-            name = f"C{tags[budget]}_{s.n_layer}x{s.d_model}"
-            if repeated and req.drop_repeated:
-                dropped.append(f"{name}: {epochs:.1f} epochs of data > --max-epochs {req.max_epochs:g}")
-                continue
-            hours = gpu_hours(s, tokens, gpu, req.mfu)
-            mb = _micro_batch(s, seqs, gpu)
-            points.append(
-                PlanPoint(
-                    name=name,
-                    budget_flops=budget,
-                    model=s,
-                    n_params_total=counts["total"],
-                    n_params_nonembedding=counts["non_embedding"],
-                    n_params=n,
-                    tokens=tokens,
-                    steps=steps,
-                    batch_size=seqs,
-                    micro_batch_size=mb,
-                    batch_tokens=seqs * req.context,
-                    flops=flops,
-                    flops_ratio=flops / budget,
-                    tokens_per_param=tokens / n,
-                    lr_peak=_lr_peak(counts["total"]),
-                    warmup_steps=_warmup_steps(counts["total"], seqs * req.context, steps),
-                    gpu_hours=hours,
-                    cost_usd=hours * price,
-                    memory_gib=memory_bytes(s, mb) / GIB,
-                    epochs=epochs,
-                    repeated=repeated,
-                )
-            )
-        optimal = {}
-        for key, law in PUBLISHED_LAWS.items():
-            n_opt, d_opt = law.optimal(budget)
-            optimal[key] = {
-                "name": law.name,
-                "n_params": n_opt,
-                "tokens": d_opt,
-                "tokens_per_param": d_opt / n_opt,
-                "params_convention": law.params_convention,
-                "source": law.source,
-            }
-        budgets.append(BudgetPlan(budget, optimal, points, dropped))
+    tags = _budget_tags(req.budgets)
+    budgets = [_plan_budget(budget, tags[budget], req, gpu) for budget in req.budgets]
     if req.shared_sizes or req.branching:
         budgets = _share_size_settings(budgets)
     if not any(b.points for b in budgets):
@@ -542,12 +492,161 @@ def make_plan(req: PlanRequest) -> Plan:
                 f"{req.context} and {req.min_steps} steps; raise --budget above {need:.2g}, or lower "
                 "--context / --min-steps / --vocab"
             )
-        # The budget fits a model: the sizes asked for, or the data, left no point. Say which.
+        # The budget fits a model: the guards, the sizes asked for or the data left no point. Say which.
         reasons = [r for b in budgets for r in b.dropped]
+        embedded, below = sum(_EMBEDDED in r for r in reasons), sum(_BELOW_FLOOR in r for r in reasons)
+        if embedded or below:
+            counts = [f"{embedded} embedding-dominated (embedding + head > {req.max_embedding_fraction:.0%} of N_total "
+                      f"at vocabulary {req.vocab_size})"] if embedded else []
+            counts += [f"{below} below {req.min_tokens_per_param:g} tokens/param"] if below else []
+            fix = _EMBEDDING_FIX if embedded else _FLOOR_FIX
+            raise ConfigError(f"no run is left to plan: of {len(reasons)} sizes, {', '.join(counts)}; {fix}"
+                              + ("; or --min-tokens-per-param 0" if embedded and below else ""))
         more = f" (and {len(reasons) - 3} more)" if len(reasons) > 3 else ""
         raise ConfigError(f"no run is left to plan: {'; '.join(reasons[:3])}{more}; change --ladder / --sizes, "
                           "--min-steps, or --max-epochs / --unique-tokens")
     return Plan(req, gpu, budgets)
+
+
+_EMBEDDED = "of N_total in embedding + head"  # the two guards' drop reasons contain these
+_BELOW_FLOOR = "tokens/param < --min-tokens-per-param"
+
+
+def _plan_budget(budget: float, tag: str, req: PlanRequest, gpu: GPU) -> BudgetPlan:
+    """One budget's grid: shapes around the centre law's N_opt (or the ladder), one batch size,
+    the points the guards keep, a bracketing size added where the drops removed one side, notes."""
+    center_n, _ = PUBLISHED_LAWS[req.center].optimal(budget)
+    targets = list(req.ladder) or [center_n * req.spread ** (2 * i / (req.sizes - 1) - 1) for i in range(req.sizes)]
+    if (req.shared_sizes or req.branching) and not req.ladder:
+        targets = _on_ladder(targets, req)
+    shapes: list[ModelConfig] = []
+    for t in targets:
+        s = shape_for(t, req)
+        if _n(s, req) < t / 2:  # the search's largest shapes (256 layers) fall short
+            raise ConfigError(
+                f"--budget: {budget:.3g} FLOPs asks for models of {t:.3g} parameters, more than twice the "
+                f"largest shape the planner builds here ({s.n_layer} x {s.d_model}); lower --budget, or "
+                "give --ladder sizes")
+        if s not in shapes:
+            shapes.append(s)
+    # One batch size per budget, small enough that the largest model still gets min_steps.
+    seqs = _batch_sequences(budget, req.context)
+    min_tokens = min(budget / flops_per_token(s, req.conventions.params, req.conventions.flops) for s in shapes)
+    while seqs > 1 and min_tokens / (seqs * req.context) < req.min_steps:
+        seqs //= 2
+    points: list[PlanPoint] = []
+    dropped: list[str] = []
+    for s in shapes:
+        got = _plan_point(s, budget, tag, seqs, req, gpu)
+        (points if isinstance(got, PlanPoint) else dropped).append(got)  # type: ignore[arg-type]
+    # The grid's own sizes are fixed by --ladder, and by the shared ladder of --branching.
+    if not (req.ladder or req.shared_sizes or req.branching):
+        points = _bracket(points, shapes, center_n, budget, tag, seqs, req, gpu)
+    notes = _guard_notes(dropped, points, center_n, req)
+    optimal = {}
+    for key, law in PUBLISHED_LAWS.items():
+        n_opt, d_opt = law.optimal(budget)
+        optimal[key] = {"name": law.name, "n_params": n_opt, "tokens": d_opt, "tokens_per_param": d_opt / n_opt,
+                        "params_convention": law.params_convention, "source": law.source}
+    return BudgetPlan(budget, optimal, points, dropped, notes)
+
+
+def _n(s: ModelConfig, req: PlanRequest) -> int:
+    """N of shape ``s`` under the request's params convention."""
+    return count_params(s)["total" if req.conventions.params == "total" else "non_embedding"]
+
+
+def _plan_point(s: ModelConfig, budget: float, tag: str, seqs: int, req: PlanRequest,
+                gpu: GPU) -> PlanPoint | str:
+    """The run of shape ``s`` at ``budget`` with ``seqs`` sequences per step, or why it is dropped."""
+    counts = count_params(s)
+    name = f"C{tag}_{s.n_layer}x{s.d_model}"
+    fpt = flops_per_token(s, req.conventions.params, req.conventions.flops)
+    steps = round(budget / fpt / (seqs * req.context))
+    if steps < req.min_steps:
+        return (f"{s.n_layer}x{s.d_model}: only {steps} steps of {seqs}x{req.context} tokens "
+                f"(< --min-steps {req.min_steps})")
+    share = counts["embedding"] / counts["total"]
+    if share > req.max_embedding_fraction:
+        return f"{name}: {share:.0%} {_EMBEDDED} (> --max-embedding-fraction {req.max_embedding_fraction:g})"
+    tokens = steps * seqs * req.context
+    n = _n(s, req)
+    if tokens / n < req.min_tokens_per_param:
+        return f"{name}: {tokens / n:.1f} {_BELOW_FLOOR} {req.min_tokens_per_param:g}"
+    epochs = tokens / req.unique_tokens if req.unique_tokens else None
+    repeated = epochs is not None and epochs > req.max_epochs
+    if repeated and req.drop_repeated:
+        return f"{name}: {epochs:.1f} epochs of data > --max-epochs {req.max_epochs:g}"
+    hours = gpu_hours(s, tokens, gpu, req.mfu)
+    price = req.price_per_hour if req.price_per_hour is not None else gpu.price_per_hour
+    mb = _micro_batch(s, seqs, gpu)
+    return PlanPoint(
+        name=name, budget_flops=budget, model=s, n_params_total=counts["total"],
+        n_params_nonembedding=counts["non_embedding"], n_params=n, tokens=tokens, steps=steps, batch_size=seqs,
+        micro_batch_size=mb, batch_tokens=seqs * req.context, flops=fpt * tokens, flops_ratio=fpt * tokens / budget,
+        tokens_per_param=tokens / n, lr_peak=_lr_peak(counts["total"]),
+        warmup_steps=_warmup_steps(counts["total"], seqs * req.context, steps), gpu_hours=hours,
+        cost_usd=hours * price, memory_gib=memory_bytes(s, mb) / GIB, epochs=epochs, repeated=repeated)
+
+
+def _bracket(points: list[PlanPoint], shapes: list[ModelConfig], center_n: float, budget: float, tag: str,
+             seqs: int, req: PlanRequest, gpu: GPU) -> list[PlanPoint]:
+    """``points`` plus, on each side of ``center_n`` where none is left (``_beyond``), the first size
+    between N_opt and its dropped neighbour (3/4, 1/2, 1/4 of a grid step from N_opt) that the
+    guards keep."""
+    step = req.spread ** (2 / (req.sizes - 1))
+    out = list(points)
+    for side in (-1, 1):
+        if any(_beyond(p.n_params, center_n, side, req) for p in out):
+            continue
+        for frac in (0.75, 0.5, 0.25):
+            s = shape_for(center_n * step ** (side * frac), req)
+            if s in shapes or not _beyond(_n(s, req), center_n, side, req):
+                continue
+            got = _plan_point(s, budget, tag, seqs, req, gpu)
+            if isinstance(got, PlanPoint):
+                out.append(got)
+                break
+    return sorted(out, key=lambda p: p.n_params)
+
+
+def locates_minimum(b: BudgetPlan, req: PlanRequest) -> bool:
+    """Whether budget ``b``'s sizes can locate its IsoFLOP minimum: at least 3 (a parabola's
+    parameters), with some on each side of the centre law's N_opt (by ``_beyond``'s margin)."""
+    center_n = b.compute_optimal[req.center]["n_params"]
+    ns = [p.n_params for p in b.points]
+    return len(ns) >= 3 and all(any(_beyond(n, center_n, side, req) for n in ns) for side in (-1, 1))
+
+
+def _beyond(n: float, center_n: float, side: int, req: PlanRequest) -> bool:
+    """Whether size ``n`` lies on ``side`` (-1 below, +1 above) of N_opt by more than 1/8 of a grid
+    step: a size within a hair of N_opt (shape rounding) brackets nothing."""
+    return side * math.log(n / center_n) > math.log(req.spread) / (4 * (req.sizes - 1))
+
+
+def _guard_notes(dropped: list[str], points: list[PlanPoint], center_n: float, req: PlanRequest) -> list[str]:
+    """One line per guard that dropped sizes, and one if the sizes left do not bracket N_opt."""
+    notes = []
+    embedded = sum(_EMBEDDED in d for d in dropped)
+    if embedded:
+        notes.append(f"{embedded} size(s) dropped with embedding + head over {req.max_embedding_fraction:.0%} of "
+                     f"N_total at vocabulary {req.vocab_size}: {_EMBEDDING_FIX}")
+    below = sum(_BELOW_FLOOR in d for d in dropped)
+    if below:
+        notes.append(f"{below} size(s) dropped below {req.min_tokens_per_param:g} tokens/param (fits that lean on "
+                     f"D/N <= 5 are unreliable, Gadre et al. 2024): {_FLOOR_FIX}")
+    ns = [p.n_params for p in points]
+    missing = [side for side in (-1, 1) if not any(_beyond(n, center_n, side, req) for n in ns)]
+    if ns and missing:
+        side = "below" if missing[0] < 0 else "above"
+        fix = _EMBEDDING_FIX if side == "below" and embedded else (
+            _FLOOR_FIX if side == "above" and below else "give sizes on both sides with --ladder, or a larger --spread")
+        notes.append(f"sizes {_si(min(ns))}-{_si(max(ns))} do not bracket N_opt {_si(center_n)} ({req.center}): "
+                     f"no size {side} it, so the IsoFLOP minimum may lie outside the grid; {fix}")
+    if 0 < len(ns) < 3:
+        notes.append(f"only {len(ns)} size(s) left: an IsoFLOP parabola needs 3; "
+                     f"{_EMBEDDING_FIX if embedded else _FLOOR_FIX if below else 'give more --sizes'}")
+    return notes
 
 
 def _si(x: float) -> str:
@@ -564,7 +663,7 @@ def format_plan(plan: Plan) -> str:
     lines = [
         f"Conventions: N = {conv.params} parameters"
         f" ({'Hoffmann et al. 2022' if conv.params == 'total' else 'Kaplan et al. 2020'}); "
-        f"C = {'6·N·D' if conv.flops == '6nd' else '(6·N + 12·L·d·T)·D'}; tokens/param = D/N.",
+        f"C = {flops_formula(conv.params, conv.flops)}; tokens/param = D/N.",
         f"Estimates: {plan.gpu.name} at {plan.gpu.peak_flops / 1e12:.0f} TFLOP/s bf16 x MFU {req.mfu:.0%},"
         f" ${plan.price_per_hour:.2f}/GPU-hour (assumed; --price-per-hour to set); time counts"
         " 6·N_total + attention FLOPs per token, as MFU does.",
@@ -595,6 +694,8 @@ def format_plan(plan: Plan) -> str:
             )
         for d in b.dropped:
             lines.append(f"  dropped {d}")
+        for note in b.notes:
+            lines.append(f"  note: {note}")
         if any(p.memory_gib * GIB > plan.gpu.memory_bytes for p in b.points):
             lines.append(f"  M needs more than one {plan.gpu.name}'s {plan.gpu.memory_bytes / GIB:.0f} GiB at "
                          "micro-batch 1: this trainer has no model parallelism (train it elsewhere or choose --gpu)")
@@ -630,7 +731,8 @@ def to_sweep(plan: Plan, name: str | None = None, data_path: str | None = None) 
         # The trainer refuses runs over its max_epochs: the plan's limit, so a point it kept trains.
         train=TrainConfig(schedule="wsd-branch" if branching else "cosine", max_epochs=plan.request.max_epochs),
         conventions=plan.request.conventions,
-        plan={**req, "budgets": list(plan.request.budgets), "ladder": list(plan.request.ladder)},
+        plan={**req, "budgets": list(plan.request.budgets), "ladder": list(plan.request.ladder),
+              "flops_formula": flops_formula(plan.request.conventions.params, plan.request.conventions.flops)},
         branches=_branch_groups(plan) if branching else [],
     ).check()
 
@@ -670,14 +772,16 @@ def branched_flops(plan: Plan) -> float:
     return total
 
 
-def request_from_args(args: argparse.Namespace) -> PlanRequest:
-    """Build a PlanRequest from ``scaling plan`` flags (reading --data's meta.json if given)."""
-    if args.budget is not None:
-        budgets: tuple[float, ...] = (args.budget,)
-    elif args.budgets:
+def request_from_args(args: argparse.Namespace, budgets: tuple[float, ...] | None = None) -> PlanRequest:
+    """Build a PlanRequest from ``scaling plan`` flags (reading --data's meta.json if given);
+    ``budgets``, where given, instead of --budget / --budgets (``scaling.design`` chooses them)."""
+    if budgets is None and args.budget is not None:
+        budgets = (args.budget,)
+    elif budgets is None and args.budgets:
         budgets = parse_budgets(args.budgets)
-    else:
-        raise ConfigError("--budget: give a compute budget, e.g. --budget 1e18 (or --budgets 1e16:1e18:5)")
+    elif budgets is None:
+        raise ConfigError("--budget: give a compute budget, e.g. --budget 1e18 (or --budgets 1e16:1e18:5, "
+                          "or --target-params N to plan the sweep for a model)")
     vocab, unique = args.vocab, args.unique_tokens
     if args.data:
         from scaling.data import load_meta

@@ -60,7 +60,9 @@ def _label(name: str, fit: FitResult) -> str:
 def format_fits(fits: dict[str, FitResult], skipped: dict[str, str], data: FitData) -> str:
     """The CLI's table: every fit's parameters with intervals, then the allocations side by side."""
     any_fit = next(iter(fits.values()))
-    out = [f"{len(data)} runs · N = {data.conventions['params']} parameters · C = {data.conventions['flops']} · "
+    # The formula (6ND, 6(N_nonemb+Vd)D, ...) where the data names it; a table's C is as given.
+    formula = data.conventions.get("flops_formula", data.conventions["flops"])
+    out = [f"{len(data)} runs · N = {data.conventions['params']} parameters · C = {formula} · "
            f"{any_fit.n_bootstrap} bootstrap resamples of runs (seed {any_fit.seed}) · "
            f"{any_fit.ci:.0%} percentile intervals"]
     for name, fit in fits.items():

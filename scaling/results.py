@@ -21,7 +21,8 @@ FLOPs columns count C with N = total parameters; ``flops_6nd_attn`` adds 12·L·
 
 Reading back for a fit: ``load_points`` turns results folders (finished runs of runs.parquet,
 their curves from metrics.parquet) or plain CSV/Parquet tables into ``FitData``, one point per
-run under one pair of conventions; a bad source raises ``FitError``.
+run under one pair of conventions (and the FLOP formula they imply, ``conventions["flops_formula"]``,
+as ``scaling.model.flops_formula`` names it); a bad source raises ``FitError``.
 """
 
 from __future__ import annotations
@@ -305,7 +306,7 @@ class FitData:
                    tuple(sweeps) if sweeps is not None else (Path(source).stem,) * n, N, D,
                    6.0 * N * D if flops is None else np.asarray(flops, float), L,
                    np.full(n, np.nan) if budget is None else np.asarray(budget, float), (None,) * n,
-                   conventions or {"params": "total", "flops": "6nd"}, (source,))
+                   conventions or {"params": "total", "flops": "6nd", "flops_formula": "6ND"}, (source,))
 
     def subset(self, keep: np.ndarray) -> FitData:
         """The points where boolean ``keep`` is True."""
@@ -333,7 +334,8 @@ def _concat(parts: list[FitData]) -> FitData:
     """One FitData from several sources' points."""
     cat = lambda name: sum((getattr(p, name) for p in parts), ())  # noqa: E731
     arr = lambda name: np.concatenate([getattr(p, name) for p in parts])  # noqa: E731
-    conv = {k: " + ".join(dict.fromkeys(p.conventions[k] for p in parts)) for k in ("params", "flops")}
+    keys = dict.fromkeys(k for p in parts for k in p.conventions)
+    conv = {k: " + ".join(dict.fromkeys(p.conventions[k] for p in parts if k in p.conventions)) for k in keys}
     return FitData(cat("names"), cat("run_ids"), cat("sweeps"), arr("params"), arr("tokens"),
                    arr("flops"), arr("loss"), arr("budget"), cat("curves"), conv, cat("sources"))
 
@@ -380,6 +382,8 @@ def _numbers(values: list[Any], column: str, path: Path, labels: Sequence[str]) 
 
 def _load_table(path: Path, params: str, flops: str) -> FitData:
     """A plain table: params, tokens, loss; optional flops, budget, name, run_id, sweep."""
+    from scaling.model import flops_formula
+
     cols = _columns(path)
     _require(cols, ("params", "tokens", "loss"), path, "a table needs params, tokens, loss "
              "(optional: flops, budget, name)")
@@ -392,15 +396,18 @@ def _load_table(path: Path, params: str, flops: str) -> FitData:
     if "flops" in cols:
         C, flops = num("flops"), f"as given ({path.name})"
         _positive_finite(C, "flops", path, names)
-    elif flops == "6nd":
+    elif flops == "6nd" and params == "total":
         C = None
     else:
-        raise FitError(f"{path}: --flops {flops} needs a flops column (a table has no model shapes)")
+        # C under non-embedding N counts the unembedding, 6·V·d per token (flops_per_token).
+        flag = f"--flops {flops}" if flops != "6nd" else f"--params-convention {params}"
+        raise FitError(f"{path}: {flag} needs a flops column (a table has no model shapes)")
     return FitData.from_arrays(
         N, D, L, flops=C, budget=num("budget") if "budget" in cols else None, names=names,
         run_ids=[str(v) for v in cols["run_id"]] if "run_id" in cols else None,
         sweeps=[str(v) for v in cols["sweep"]] if "sweep" in cols else None,
-        conventions={"params": params, "flops": flops}, source=str(path))
+        conventions={"params": params, "flops": flops,
+                     "flops_formula": flops if C is not None else flops_formula(params, "6nd")}, source=str(path))
 
 
 _RUN_COLUMNS = ("run_id", "name", "status", "n_layer", "d_model", "n_head", "d_ff", "context",
@@ -421,7 +428,7 @@ def _model_config(row: dict[str, Any], run_dir: Path) -> ModelConfig:
 
 def _load_sweep(folder: Path, params: str, flops: str) -> FitData:
     """One results folder: finished runs from runs.parquet, curves from each metrics.parquet."""
-    from scaling.model import flops_per_token
+    from scaling.model import flops_formula, flops_per_token
 
     path = folder / "runs.parquet"
     cols = _columns(path)
@@ -451,7 +458,8 @@ def _load_sweep(folder: Path, params: str, flops: str) -> FitData:
         curves.append(curve)
     budget = np.array([r.get("budget_flops") or np.nan for r in rows], float)
     return FitData(names, tuple(r["run_id"] for r in rows), (folder.name,) * len(rows), N, D, fpt * D,
-                   L, budget, tuple(curves), {"params": params, "flops": flops}, (str(folder),))
+                   L, budget, tuple(curves), {"params": params, "flops": flops,
+                                              "flops_formula": flops_formula(params, flops)}, (str(folder),))
 
 
 def load_points(sources: Sequence[str | os.PathLike[str]], *, params_convention: str = "total",

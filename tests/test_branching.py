@@ -216,7 +216,9 @@ def test_schedule_and_sections_must_agree(data_dir: Path) -> None:
 
 
 def test_plan_branching_groups_the_isoflop_points_by_size(tmp_path: Path) -> None:
-    req = PlanRequest(budgets=(1e15, 2e15, 4e15, 8e15), context=256, vocab_size=256, branching=True)
+    # The guards off: this tests the grouping of a full grid (the D/N floor drops 2-3 sizes per budget here).
+    guards_off = {"max_embedding_fraction": 1.0, "min_tokens_per_param": 0.0}
+    req = PlanRequest(budgets=(1e15, 2e15, 4e15, 8e15), context=256, vocab_size=256, branching=True, **guards_off)
     plan = make_plan(req)
     sweep = to_sweep(plan, name="b")
     assert sweep.train.schedule == "wsd-branch" and not sweep.runs
@@ -229,7 +231,8 @@ def test_plan_branching_groups_the_isoflop_points_by_size(tmp_path: Path) -> Non
     for b in plan.budgets:  # still an IsoFLOP grid per budget
         assert len(b.points) >= 5 and all(abs(p.flops / b.budget_flops - 1) < 0.02 for p in b.points)
     # --shared-sizes: the same points with the same settings as from-scratch runs (the baseline).
-    base = to_sweep(make_plan(PlanRequest(budgets=req.budgets, context=256, vocab_size=256, shared_sizes=True)))
+    base = to_sweep(make_plan(PlanRequest(budgets=req.budgets, context=256, vocab_size=256, shared_sizes=True,
+                                          **guards_off)))
     as_runs = sorted((r.model.n_layer, r.model.d_model, r.steps * r.batch_size * 256, r.batch_size, r.lr_peak,
                       r.warmup_steps) for r in base.runs)
     as_branches = sorted((g.model.n_layer, g.model.d_model, b.tokens, g.batch_size, g.lr_peak, g.warmup_steps)
@@ -246,7 +249,7 @@ def test_plan_branching_groups_the_isoflop_points_by_size(tmp_path: Path) -> Non
 
     out = tmp_path / "b.yaml"
     r = run_cli("plan", "--budgets", "1e15,2e15,4e15,8e15", "--context", "256", "--vocab", "256", "--branching",
-                "--out", str(out), "--name", "b")
+                "--out", str(out), "--name", "b", "--max-embedding-fraction", "1", "--min-tokens-per-param", "0")
     assert r.returncode == 0, r.stderr
     assert f"Branched: {len(sweep.branches)} WSD trunks + {len(plan.points)} 20% 1-sqrt cooldowns" in r.stdout
     assert SweepConfig.from_yaml(out).to_dict() == sweep.to_dict()

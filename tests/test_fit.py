@@ -400,10 +400,11 @@ def test_results_folder_points_and_conventions(tmp_path):
     folder = write_sweep(tmp_path, "s1", CHINCHILLA, [1e15, 1e16], sizes=3)
     total = load_points([folder])
     assert len(total) == 6 and "s1-failed" not in total.names and "s1-nan" not in total.names
-    assert total.conventions == {"params": "total", "flops": "6nd"}
+    assert total.conventions == {"params": "total", "flops": "6nd", "flops_formula": "6ND"}
     assert np.allclose(total.flops, 6 * total.params * total.tokens)
     other = load_points([folder], params_convention="non-embedding", flops="6nd+attn")
-    assert other.conventions == {"params": "non-embedding", "flops": "6nd+attn"}
+    assert other.conventions == {"params": "non-embedding", "flops": "6nd+attn",
+                                 "flops_formula": "(6(N_nonemb+Vd)+12LdT)D"}
     assert np.all(other.params < total.params)
     cfg = ModelConfig(n_layer=2, d_model=128, n_head=2, d_ff=512, context=256, vocab_size=512)
     i = next(i for i, n in enumerate(other.names) if n.endswith("-l2"))
@@ -420,7 +421,10 @@ def test_several_sources_exclude_and_tables(tmp_path):
     table = write_csv(tmp_path / "t.csv", both, {"name": list(both.names)})
     from_table = load_points([table], exclude=[both.names[0]])
     assert len(from_table) == 5 and from_table.names == both.names[1:]
-    assert from_table.conventions == {"params": "total", "flops": "6nd"}
+    assert from_table.conventions == {"params": "total", "flops": "6nd", "flops_formula": "6ND"}
+    # Non-embedding C counts the unembedding (6·V·d per token): a table without shapes cannot give it.
+    with pytest.raises(FitError, match="--params-convention non-embedding needs a flops column"):
+        load_points([table], params_convention="non-embedding")
 
 
 def _cli(capsys, *argv: str) -> tuple[int, str, str]:
@@ -545,7 +549,7 @@ def test_cli_fit_results_folder_writes_beside_it(tmp_path, capsys):
         assert (folder / name).is_file(), name
     doc = json.loads((folder / "fit.json").read_text())
     assert set(doc["fits"]) >= {"approach1", "approach2", "approach3"}
-    assert doc["conventions"] == {"params": "total", "flops": "6nd+attn"}
+    assert doc["conventions"] == {"params": "total", "flops": "6nd+attn", "flops_formula": "(6N+12LdT)D"}
     assert "Approach 1" in out and "chinchilla_approach3" in out
 
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from scaling.config import ModelConfig
-from scaling.model import GPT, count_params, flops_per_token, n_params
+from scaling.model import GPT, count_params, flops_formula, flops_per_token, n_params
 
 
 def shape(**kw: object) -> ModelConfig:
@@ -41,6 +41,30 @@ def test_param_counts_equal_the_built_module(cfg: ModelConfig) -> None:
     assert (model.lm_head.weight is model.wte.weight) == cfg.tied_embeddings
     assert flops_per_token(cfg, "total", "6nd+attn") - flops_per_token(cfg, "total", "6nd") == pytest.approx(
         12 * cfg.n_layer * cfg.d_model * cfg.context)
+
+
+def test_non_embedding_flops_count_the_unembedding_by_hand() -> None:
+    """C under non-embedding N counts the V x d output projection (Porian et al. 2024).
+
+    Hand count, 2 x 128, d_ff 512, GPT-2's V = 50,257, T = 1024, tied, biases. One block:
+    LayerNorms 2·(2·128) = 512; QKV 128·384 + 384 = 49,536; attention out 128·128 + 128 = 16,512;
+    MLP 128·512 + 512 = 66,048 and 512·128 + 128 = 65,664; sum 198,272. Two blocks + final
+    LayerNorm (256): N_nonemb = 396,800. Unembedding V·d = 6,432,896. 6·(396,800 + 6,432,896)
+    = 40,978,176 FLOPs per token; attention adds 12·2·128·1024 = 3,145,728.
+    """
+    cfg = shape(n_layer=2, d_model=128, n_head=2, d_ff=512, context=1024, vocab_size=50257)
+    assert count_params(cfg)["non_embedding"] == 396_800
+    assert flops_per_token(cfg, "non-embedding", "6nd") == 40_978_176
+    assert flops_per_token(cfg, "non-embedding", "6nd+attn") == 40_978_176 + 3_145_728
+    # 6·N_nonemb alone (the old count) was 17x too small for this model.
+    assert flops_per_token(cfg, "non-embedding") / (6 * 396_800) == pytest.approx(17.21, abs=0.01)
+    # Tied: total N adds only the position table (a lookup, no matmul) to the same matmuls.
+    assert flops_per_token(cfg, "total") - flops_per_token(cfg, "non-embedding") == 6 * 1024 * 128
+    # Untied: the head is the same V x d matmul, so non-embedding C does not change.
+    assert flops_per_token(shape(n_layer=2, d_model=128, n_head=2, d_ff=512, context=1024, vocab_size=50257,
+                                 tied_embeddings=False), "non-embedding") == 40_978_176
+    assert [flops_formula(p, f) for p in ("total", "non-embedding") for f in ("6nd", "6nd+attn")] == [
+        "6ND", "(6N+12LdT)D", "6(N_nonemb+Vd)D", "(6(N_nonemb+Vd)+12LdT)D"]
 
 
 def test_initial_loss_is_near_ln_vocab_and_forward_shapes() -> None:

@@ -18,6 +18,10 @@ from scaling.plan import PlanRequest, make_plan, parse_budgets, shape_for, to_sw
 
 
 ROOT = Path(__file__).resolve().parents[1]
+# The guards off: tests of the grid itself at GPT-2's vocabulary, where the guards drop most sizes
+# below ~1e19 FLOPs (tested on their own below).
+NO_GUARDS = {"max_embedding_fraction": 1.0, "min_tokens_per_param": 0.0}
+NO_GUARDS_FLAGS = ("--max-embedding-fraction", "1", "--min-tokens-per-param", "0")
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -25,7 +29,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_plan_1e18_json_matches_chinchilla_and_budget() -> None:
-    out = run_cli("plan", "--budget", "1e18", "--json")
+    out = run_cli("plan", "--budget", "1e18", "--json", *NO_GUARDS_FLAGS)
     assert out.returncode == 0, out.stderr
     plan = json.loads(out.stdout)
     (budget,) = plan["budgets"]
@@ -92,8 +96,12 @@ def test_non_embedding_convention_and_attention_flops() -> None:
     for p in plan.points:
         assert p.n_params == p.n_params_nonembedding < p.n_params_total
         fpt = flops_per_token(p.model, "non-embedding", "6nd+attn")
-        assert fpt == 6 * p.n_params + 12 * p.model.n_layer * p.model.d_model * p.model.context
+        # C counts the unembedding matmul (V·d) that N leaves out (Porian et al. 2024).
+        m = p.model
+        assert fpt == 6 * (p.n_params + m.vocab_size * m.d_model) + 12 * m.n_layer * m.d_model * m.context
         assert abs(p.flops / 1e17 - 1) < 0.02
+    assert plan.to_dict()["conventions"]["flops_formula"] == "(6(N_nonemb+Vd)+12LdT)D"
+    assert to_sweep(plan).plan["flops_formula"] == "(6(N_nonemb+Vd)+12LdT)D"
 
 
 def test_budgets_log_range_and_list() -> None:
@@ -107,7 +115,7 @@ def test_budgets_log_range_and_list() -> None:
 def test_close_budgets_get_unique_readable_names(tmp_path) -> None:
     # 17 budgets over two decades: one significant digit gives 1e16 and 1.33e16 the same name.
     budgets = parse_budgets("1e16:1e18:17")
-    plan = make_plan(PlanRequest(budgets=budgets))
+    plan = make_plan(PlanRequest(budgets=budgets, **NO_GUARDS))
     spec = tmp_path / "dense.yaml"
     to_sweep(plan, name="dense").save_yaml(spec)
     sweep = SweepConfig.from_yaml(spec)
@@ -129,21 +137,23 @@ def test_close_budgets_get_unique_readable_names(tmp_path) -> None:
 @pytest.mark.parametrize("spec", ["chinchilla_small.yaml", "chinchilla_small_target.yaml"])
 def test_committed_specs_keep_their_run_names(spec: str) -> None:
     # Run ids derive from the resolved config, name included: replanning a committed spec's request
-    # must give the same names (and settings), or its results stop matching.
+    # must give the same names (and settings), or its results stop matching. These specs predate
+    # the guards (their plan has no guard fields): they replan with the guards off.
     sweep = SweepConfig.from_yaml(ROOT / "sweeps" / spec)
-    req = {**sweep.plan, "budgets": tuple(sweep.plan["budgets"]), "ladder": tuple(sweep.plan["ladder"])}
+    assert "max_embedding_fraction" not in sweep.plan
+    req = {**sweep.plan, "budgets": tuple(sweep.plan["budgets"]), "ladder": tuple(sweep.plan["ladder"]), **NO_GUARDS}
     again = to_sweep(make_plan(PlanRequest(**req, conventions=sweep.conventions)), name=sweep.name)
     assert [r.name for r in again.runs] == [r.name for r in sweep.runs]
     assert [r.to_dict() for r in again.runs] == [r.to_dict() for r in sweep.runs]
 
 
 def test_data_constrained_flag_and_drop() -> None:
-    req = PlanRequest(budgets=(1e17,), unique_tokens=2e8)
+    req = PlanRequest(budgets=(1e17,), unique_tokens=2e8, **NO_GUARDS)
     flagged = make_plan(req).points
     assert any(p.repeated for p in flagged) and not all(p.repeated for p in flagged)
     for p in flagged:
         assert p.repeated == (p.tokens / 2e8 > 4)
-    kept = make_plan(PlanRequest(budgets=(1e17,), unique_tokens=2e8, drop_repeated=True))
+    kept = make_plan(PlanRequest(budgets=(1e17,), unique_tokens=2e8, drop_repeated=True, **NO_GUARDS))
     assert kept.points and all(not p.repeated for p in kept.points)
     assert len(kept.points) < len(flagged)
     assert any("epochs" in d for d in kept.budgets[0].dropped)
@@ -195,7 +205,9 @@ def test_spec_validation_names_field_path(tmp_path) -> None:
         (["--budgets", "1e16,3e16,1e16"], "--budgets"),
         (["--budget", "1e18", "--mfu", "2"], "--mfu"),
         (["--budget", "1e17", "--ladder", "1e15"], "--ladder"),  # no point left: the reason, not "too small"
-        (["--budget", "1e17", "--out", "/tmp"], "--out /tmp: is a folder"),
+        (["--budget", "1e19", "--out", "/tmp"], "--out /tmp: is a folder"),
+        (["--budget", "1e19", "--max-embedding-fraction", "1.5"], "--max-embedding-fraction"),
+        (["--budget", "1e19", "--min-tokens-per-param", "-1"], "--min-tokens-per-param"),
         (["--budget", "1e300"], "more than twice the largest shape the planner builds"),  # was 1 absurd run
     ],
 )
@@ -219,7 +231,7 @@ def test_merge_overrides_strict() -> None:
 def test_ladder_fixes_sizes_across_budgets() -> None:
     # A fixed size ladder at matched compute (as nanochat's depth x FLOPs grid): every budget gets
     # the same shapes, each with its own token count.
-    req = PlanRequest(budgets=(2e15, 2e16), ladder=(6e6, 12e6, 25e6, 50e6))
+    req = PlanRequest(budgets=(2e15, 2e16), ladder=(6e6, 12e6, 25e6, 50e6), **NO_GUARDS)
     plan = make_plan(req)
     shapes = [[(p.model.n_layer, p.model.d_model) for p in b.points] for b in plan.budgets]
     assert shapes[0] == shapes[1] and len(shapes[0]) == 4
@@ -236,13 +248,17 @@ def test_gpu_hours_count_the_work_done_whatever_c_counts() -> None:
     from scaling.plan import GPUS
 
     for params in ("total", "non-embedding"):
-        req = PlanRequest(budgets=(1e17,), ladder=(2e7,), conventions=Conventions(params=params), max_epochs=9.0)
+        req = PlanRequest(budgets=(1e17,), ladder=(2e7,), conventions=Conventions(params=params), max_epochs=9.0,
+                          **NO_GUARDS)
         plan = make_plan(req)
         (p,) = plan.points
         work = flops_per_token(p.model, "total", "6nd+attn") * p.tokens
         assert p.gpu_hours == pytest.approx(work / (GPUS["h100"].peak_flops * 0.35) / 3600)
         assert to_sweep(plan).resolve(0).train.max_epochs == 9.0
-    assert p.gpu_hours > 2 * p.flops / (GPUS["h100"].peak_flops * 0.35) / 3600  # non-embedding C: 2.6x less
+    # Non-embedding C counts every matmul but attention's: the work exceeds it by the attention FLOPs
+    # and the position table's 6·T·d only.
+    extra = (12 * p.model.n_layer + 6) * p.model.d_model * p.model.context * p.tokens
+    assert p.gpu_hours == pytest.approx((p.flops + extra) / (GPUS["h100"].peak_flops * 0.35) / 3600)
 
 
 def test_models_beyond_one_gpus_memory_are_flagged() -> None:
@@ -255,3 +271,56 @@ def test_models_beyond_one_gpus_memory_are_flagged() -> None:
     assert "M needs more than one NVIDIA H100 SXM's 80 GiB at micro-batch 1" in text
     small = format_plan(make_plan(PlanRequest(budgets=(1e18,))))
     assert "M needs" not in small and not any(ln.endswith(" M") for ln in small.splitlines())
+
+
+# ----------------------------------------------------------------------------- guards
+
+
+def test_gpt2_vocab_at_1e15_is_a_one_line_error_naming_the_fix() -> None:
+    """The issue's case: at 1e15 FLOPs every size of the grid is >= 88% embedding with 50,257 tokens
+    (a 1 x 64 "3.3M" model has 50K non-embedding parameters): no point, one line, exit 2."""
+    r = run_cli("plan", "--budget", "1e15", "--vocab", "50257")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    (line,) = r.stderr.strip().splitlines()
+    assert "embedding-dominated" in line and "bpe:VOCAB" in line and "--max-embedding-fraction 1" in line
+
+
+def test_guards_drop_exactly_the_violators_and_bracket_n_opt() -> None:
+    """At 1e18 with GPT-2's vocabulary: the kept sizes are the raw grid's sizes that pass both
+    guards, plus one size added below N_opt (the embedding guard dropped that side), so the kept
+    sizes bracket N_opt; each guard that fired adds one note naming its fix."""
+    raw = make_plan(PlanRequest(budgets=(1e18,), **NO_GUARDS))
+    plan = make_plan(PlanRequest(budgets=(1e18,)))
+    (b,) = plan.budgets
+    share = lambda p: count_params(p.model)["embedding"] / p.n_params_total  # noqa: E731
+    passing = [p.name for p in raw.points if share(p) <= 0.5 and p.tokens_per_param >= 5]
+    failing = [p.name for p in raw.points if p.name not in passing]
+    assert len(passing) == 2 and len(failing) == 5  # 3 embedding-dominated, 2 below 5 tokens/param
+    kept = [p.name for p in b.points]
+    assert set(passing) < set(kept) and not set(failing) & set(kept)
+    (added,) = set(kept) - set(passing)
+    assert all(share(p) <= 0.5 and p.tokens_per_param >= 5 for p in b.points)
+    n_opt = b.compute_optimal["chinchilla_approach3"]["n_params"]
+    ns = [p.n_params for p in b.points]
+    assert min(ns) < n_opt < max(ns) and next(p for p in b.points if p.name == added).n_params < n_opt
+    assert sorted(d.split(":")[0] for d in b.dropped) == sorted(failing)
+    assert len(b.notes) == 2 and "bpe:VOCAB" in b.notes[0] and "--min-tokens-per-param 0" in b.notes[1]
+    assert raw.budgets[0].notes == []
+
+
+def test_unbracketed_budget_is_noted_with_the_fix() -> None:
+    """At 1e15 with an 8192 vocabulary no size below N_opt passes the embedding guard, not even
+    the sizes tried between N_opt and its dropped neighbour: two sizes are left and the notes say
+    that they do not bracket N_opt and name the fix."""
+    (b,) = make_plan(PlanRequest(budgets=(1e15,), vocab_size=8192)).budgets
+    assert len(b.points) == 2
+    text = " | ".join(b.notes)
+    assert "do not bracket N_opt" in text and "no size below it" in text and "only 2 size(s) left" in text
+    assert "bpe:VOCAB" in text
+
+
+def test_floor_flag_drops_below_it() -> None:
+    for floor in (5.0, 20.0):
+        plan = make_plan(PlanRequest(budgets=(1e19,), min_tokens_per_param=floor))
+        assert all(p.tokens_per_param >= floor for p in plan.points)
+        assert any(f"< --min-tokens-per-param {floor:g}" in d for d in plan.budgets[0].dropped)

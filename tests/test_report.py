@@ -27,7 +27,7 @@ def table_fits():
 def test_format_fits_shows_every_fit_side_by_side(table_fits):
     data, fits, skipped = table_fits
     text = report.format_fits(fits, skipped, data)
-    assert text.startswith("28 runs · N = total parameters · C = 6nd · 40 bootstrap resamples of runs (seed 0)")
+    assert text.startswith("28 runs · N = total parameters · C = 6ND · 40 bootstrap resamples of runs (seed 0)")
     for title in ("Approach 2: IsoFLOP", "Approach 3: L(N, D)", "Kaplan L(N)", "Kaplan L(D)", "Kaplan L(C)"):
         assert title in text
     alpha, (lo, hi) = fits["approach3"].params["alpha"], fits["approach3"].intervals["alpha"]
