@@ -75,7 +75,7 @@ class TuneRequest:
                                          f"{len(set(self.ladder))})"),
             (len(set(self.lrs)) >= 3, f"--lrs: give at least 3 distinct peak LRs, e.g. 1e-4:1e-2:9 (got "
                                       f"{len(set(self.lrs))})"),
-            (all(0 < lr < 1 for lr in self.lrs), "--lrs: peak LRs must be in (0, 1)"),
+            (all(lr > 0 for lr in self.lrs), "--lrs: peak LRs must be > 0"),
             (self.tokens_per_param > 0, f"--tokens-per-param: must be > 0 (got {self.tokens_per_param})"),
             (0 <= self.beta2 < 1, f"--beta2: must be in [0, 1) (got {self.beta2})"),
         ]
