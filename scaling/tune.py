@@ -36,7 +36,8 @@ from scaling.config import Conventions, SweepConfig, atomic_write_text
 from scaling.errors import ConfigError, LaunchError
 from scaling.executors import Executor, run_state
 from scaling.model import count_params, flops_per_token
-from scaling.plan import (GPUS, WARMUP_RULE, Plan, PlanRequest, gpu_hours, make_plan, shape_for, to_sweep)
+from scaling.plan import (GPUS, WARMUP_CAP, WARMUP_RULE, Plan, PlanRequest, gpu_hours, make_plan, shape_for, to_sweep,
+                          warmup_capped)
 from scaling.rules import RULE_KIND, LrRule
 
 __all__ = ["TuneRequest", "SizeOptimum", "LrFit", "tune_sweep", "run_tune", "size_optimum", "size_optima",
@@ -318,7 +319,11 @@ def format_tune_plan(sweep: SweepConfig, plan: Plan) -> str:
         hours += h * len(lrs)
         size = f"{p.model.n_layer}x{p.model.d_model}"
         lines.append(f"{size:<10} {p.n_params:>12,} {p.n_params_total:>12,} "
-                     f"{p.tokens:>12,} {p.steps:>6} {p.batch_size:>4}x{p.model.context:<4} {p.warmup_steps:>5} {h:>9.3g}")
+                     f"{p.tokens:>12,} {p.steps:>6} {p.batch_size:>4}x{p.model.context:<4} {p.warmup_steps:>5}"
+                     f"{'*' if warmup_capped(p) else ' '}{h:>9.3g}")
+    if any(warmup_capped(p) for p in plan.points):
+        lines.append(f"* warmup capped at {WARMUP_CAP:.0%} of the run: D < {1 / WARMUP_CAP:g}·N_total "
+                     "(raise --tokens-per-param to lift it)")
     lines.append(f"{len(sweep.runs)} runs, {hours:.3g} GPU-hours on {plan.gpu.name} at MFU {plan.request.mfu:.0%} "
                  "(an estimate: small models run far below it unless packed several per GPU)")
     return "\n".join(lines)
