@@ -84,6 +84,11 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:
                    default=plan.MIN_TOKENS_PER_PARAM,
                    help="drop points below this D/N (default 5: Gadre et al. 2024 find fits on D/N <= 5 "
                         "unreliable; 0 keeps all)")
+    p.add_argument("--lr-rule", default=None, metavar="FILE",
+                   help="peak LR by size from a rule file of scaling tune-lr (default: the assumed "
+                        "6e-4·(124M/N_total)^0.5)")
+    p.add_argument("--beta2", type=_float_arg("--beta2", positive=False), default=None,
+                   help="Adam β2 of the runs (default: the --lr-rule's, else 0.95)")
     p.add_argument("--name", default=None, help="sweep name in the spec (default: from --out)")
     p.add_argument("--out", default=None, help="write a launchable sweep spec, e.g. sweeps/NAME.yaml")
     p.add_argument("--json", action="store_true", help="print the plan as one JSON object")
@@ -178,6 +183,80 @@ def _add_branching_options(p: argparse.ArgumentParser) -> None:
                    help="share of each branch's steps that decay, in (0, 1) (default 0.2)")
     p.add_argument("--cooldown-shape", choices=COOLDOWN_SHAPES, default="1-sqrt",
                    help="decay shape of the cooldowns (default 1-sqrt, best in Hägele et al. 2024)")
+
+
+# ----------------------------------------------------------------------------- tune-lr
+
+
+def _add_tune_lr(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "tune-lr", help="short runs at >= 3 sizes x a log grid of peak LRs; fit LR*(N) = c·N^-k into a rule file",
+        description="Plans each --ladder size as scaling plan would (shape, batch, warmup, cosine schedule) at "
+                    "--tokens-per-param tokens, trains it at every --lrs peak LR through the launcher (a re-run "
+                    "skips finished runs), takes each size's best LR from a parabola in log LR, fits "
+                    "LR*(N) = c·N^-k and writes the rule file that scaling plan --lr-rule reads.")
+    p.add_argument("overrides", nargs="*", help="dotted overrides of the sweep, e.g. train.eval_tokens=1048576")
+    p.add_argument("--data", required=True, help="prepared data folder (vocabulary and tokenizer come from it)")
+    p.add_argument("--ladder", required=True, help="model sizes N (under --params), at least 3, e.g. 5e6,15e6,50e6")
+    p.add_argument("--lrs", required=True,
+                   help="peak LRs: comma list or log range START:STOP:COUNT, e.g. 3e-4:1e-2:7 (3 significant figures)")
+    p.add_argument("--out", required=True, help="rule file to write, e.g. rules/lr.yaml")
+    p.add_argument("--tokens-per-param", type=_float_arg("--tokens-per-param"), default=20.0,
+                   help="training tokens per parameter of each run, D/N (default 20, Chinchilla-optimal)")
+    p.add_argument("--params", choices=["total", "non-embedding"], default="total",
+                   help="what N counts, in --ladder and in the rule (default total)")
+    p.add_argument("--flops", choices=["6nd", "6nd+attn"], default="6nd", help="FLOP formula the batch rule reads")
+    p.add_argument("--context", type=int, default=1024, help="sequence length T (default 1024)")
+    p.add_argument("--aspect", type=int, default=64, help="target d_model/n_layer (default 64)")
+    p.add_argument("--head-dim", type=int, default=64, help="attention head width (default 64)")
+    p.add_argument("--beta2", type=_float_arg("--beta2", positive=False), default=0.95,
+                   help="Adam β2 of every run, recorded in the rule (default 0.95)")
+    p.add_argument("--min-steps", type=int, default=200, help="fewest optimizer steps per run (default 200)")
+    p.add_argument("--max-epochs", type=_float_arg("--max-epochs"), default=4.0,
+                   help="refuse sizes that would repeat the data more often (default 4)")
+    p.add_argument("--gpu", default="h100", help="GPU for micro-batch and time estimates (default h100)")
+    p.add_argument("--ci", type=_float_arg("--ci"), default=0.95, help="level of k's interval (default 0.95)")
+    p.add_argument("--name", default=None, help="sweep name, its results folder (default tune_<--out's name>)")
+    p.add_argument("--results", default="results", help="results root (default results/)")
+    p.add_argument("--executor", choices=["local", "slurm"], default=None, help="default local")
+    p.add_argument("--per-gpu", type=int, default=None, help="runs packed per GPU (0 = auto by memory)")
+    p.add_argument("--dry-run", action="store_true", help="print the runs and their estimated cost; train nothing")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_tune_lr)
+
+
+def _cmd_tune_lr(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from scaling import launch, tune
+    from scaling.config import Conventions
+    from scaling.data import load_meta
+    from scaling.plan import parse_budgets
+
+    meta = load_meta(args.data)
+    req = tune.TuneRequest(
+        ladder=parse_budgets(args.ladder, flag="--ladder"), lrs=parse_budgets(args.lrs, flag="--lrs"),
+        data=args.data, vocab_size=meta["vocab_size"], tokenizer=meta["tokenizer"],
+        unique_tokens=float(meta["tokens"]["train"]), tokens_per_param=args.tokens_per_param,
+        conventions=Conventions(params=args.params, flops=args.flops), context=args.context, aspect=args.aspect,
+        head_dim=args.head_dim, beta2=args.beta2, min_steps=args.min_steps, max_epochs=args.max_epochs, gpu=args.gpu)
+    sweep, plan = tune.tune_sweep(req, args.name or f"tune_{Path(args.out).stem}")
+    if args.overrides:
+        sweep = sweep.merge(args.overrides)
+    print(tune.format_tune_plan(sweep, plan))
+    if args.dry_run:
+        return 0
+    root = Path(args.results) / sweep.name
+    executor = launch.make_executor(sweep, root, args.executor, args.per_gpu)
+    print(f"training with the {executor.describe()} -> {root}")
+    losses = tune.run_tune(sweep, args.results, executor, progress=not args.no_progress,
+                           resume_command=_same_command(args))
+    optima = tune.size_optima(plan, losses)
+    fit = tune.fit_lr_rule([o.n_params for o in optima], [o.lr_opt for o in optima], ci=args.ci)
+    path = tune.write_rule(args.out, tune.rule_document(req, sweep, str(root), optima, fit))
+    print(tune.format_tune(optima, fit, args.params))
+    print(f"wrote {path}  (use it with: scaling plan --lr-rule {path} --data {args.data} ...)")
+    return 0
 
 
 # ----------------------------------------------------------------------------- launch, status
@@ -559,7 +638,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- main
 
-_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_plan, _add_launch, _add_status, _add_train, _add_sample, _add_prepare,
+_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_plan, _add_tune_lr, _add_launch, _add_status, _add_train, _add_sample, _add_prepare,
                                                                  _add_fit, _add_predict, _add_validate, _add_demo]
 
 

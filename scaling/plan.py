@@ -14,9 +14,12 @@ its source:
   C is recomputed from the rounded D.
 - Batch: B_opt(C) = 0.292·C^0.3271 tokens (DeepSeek-AI 2024, "DeepSeek LLM", Eq. 1), rounded
   to a power-of-two number of sequences and shrunk until every run has ``min_steps`` steps.
-- Peak LR: 6e-4 · (124M / N_total)^0.5 — GPT-2 small's 6e-4 scaled by the inverse square root
-  of size (the field's default heuristic). Warmup: N_total tokens (Porian et al. 2024), capped
-  at 10% of the run.
+- Peak LR: the ``--lr-rule`` file's fitted c · N^-k (``scaling tune-lr``); without one the
+  fallback ``rules.DEFAULT_LR_RULE``, 6e-4 · (124M / N_total)^0.5 (GPT-3 Small's peak LR scaled
+  by 1/sqrt(N), a heuristic, not fitted). Adam β2: ``--beta2``, else the rule's (0.95 by default).
+- Warmup (``WARMUP_RULE``): N_total tokens (Porian et al. 2024, Sec. 3.4) in whole steps, capped
+  at ``WARMUP_CAP`` = 10% of the run so that a short run keeps most of its steps near the peak;
+  the table marks every point where the cap binds.
 - Memory: 16 bytes/parameter (fp32 weights, grads, two Adam moments) plus bf16 activations of
   34·d·L bytes per token (Korthikanti et al. 2022, Eq. 2, with fused attention dropping the
   T×T term) and 12·V bytes per token of logits (bf16 logits, their fp32 copy for the loss, and
@@ -62,6 +65,7 @@ from scaling.config import (
 from scaling.errors import ConfigError
 from scaling.laws import PUBLISHED_LAWS
 from scaling.model import count_params, flops_formula, flops_per_token
+from scaling.rules import DEFAULT_LR_RULE, LrRule, load_lr_rule
 
 __all__ = [
     "GPU",
@@ -85,6 +89,9 @@ __all__ = [
     "to_sweep",
     "request_from_args",
     "branched_flops",
+    "WARMUP_RULE",
+    "WARMUP_CAP",
+    "warmup_capped",
 ]
 
 GIB = 2**30
@@ -180,6 +187,13 @@ class PlanRequest:
     cooldown_shape: Literal["1-sqrt", "linear", "cosine"] = "1-sqrt"
     max_embedding_fraction: float = MAX_EMBEDDING_FRACTION  # 1 keeps embedding-dominated points
     min_tokens_per_param: float = MIN_TOKENS_PER_PARAM  # 0 keeps every D/N
+    lr_rule: LrRule = DEFAULT_LR_RULE  # peak LR by size (scaling tune-lr writes one)
+    beta2: float | None = None  # Adam β2; None: the LR rule's (the β2 its LR was fitted at)
+
+    @property
+    def adam_beta2(self) -> float:
+        """The β2 the plan's runs train with: ``beta2`` if given, else the LR rule's."""
+        return self.lr_rule.beta2 if self.beta2 is None else self.beta2
 
     def validate(self) -> None:
         """Raise one ConfigError naming the flag and the fix for the first bad value."""
@@ -207,10 +221,15 @@ class PlanRequest:
              f"(got {self.max_embedding_fraction})"),
             (0 <= self.min_tokens_per_param < math.inf,
              f"--min-tokens-per-param: must be >= 0, e.g. 5; 0 turns the floor off (got {self.min_tokens_per_param})"),
+            (self.beta2 is None or 0 <= self.beta2 < 1, f"--beta2: must be in [0, 1), e.g. 0.95 (got {self.beta2})"),
+            (self.beta2 is None or self.lr_rule.vocab_size is None or self.beta2 == self.lr_rule.beta2,
+             f"--beta2: {self.beta2} differs from the β2 {self.lr_rule.beta2} the --lr-rule was fitted at (the best "
+             "LR moves with β2); leave --beta2 out, or fit a rule at this β2 with scaling tune-lr --beta2"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        self.lr_rule.check(self.vocab_size)
 
 
 @dataclass(frozen=True)
@@ -427,9 +446,20 @@ def estimate_hours(cfg: RunConfig, gpu: str = "h100", mfu: float = 0.35) -> floa
     return gpu_hours(cfg.model, cfg.tokens, GPUS[gpu], mfu)
 
 
+WARMUP_CAP = 0.1
+WARMUP_RULE = (f"warmup = N_total tokens (Porian et al. 2024) in whole steps (>= 1), capped at "
+               f"{WARMUP_CAP:.0%} of the run's steps")
+
+
 def _warmup_steps(n_total: int, batch_tokens: int, steps: int) -> int:
-    """Warmup of N_total tokens (Porian et al. 2024) in whole steps, capped at 10% of the run."""
-    return min(max(1, math.ceil(n_total / batch_tokens)), steps // 10)
+    """Warmup by ``WARMUP_RULE``: N_total tokens in whole steps, at most ``WARMUP_CAP`` of the run."""
+    return min(max(1, math.ceil(n_total / batch_tokens)), int(steps * WARMUP_CAP))
+
+
+def warmup_capped(p: PlanPoint) -> bool:
+    """True when ``p`` warms up for fewer steps than N_total tokens: the cap (or, for shared
+    sizes, a shorter point of the same shape) cut it."""
+    return p.warmup_steps < math.ceil(p.n_params_total / p.batch_tokens)
 
 
 def _on_ladder(targets: list[float], req: PlanRequest) -> list[float]:
@@ -467,11 +497,6 @@ def _share_size_settings(budgets: list[BudgetPlan]) -> list[BudgetPlan]:
                                    warmup_steps=warmup, memory_gib=small.memory_gib)
 
     return [dataclasses.replace(b, points=[share(p) for p in b.points]) for b in budgets]
-
-
-def _lr_peak(n_total: int) -> float:
-    # Three significant figures: the rule is a heuristic, and specs stay readable.
-    return float(f"{6e-4 * (124e6 / n_total) ** 0.5:.3g}")
 
 
 def make_plan(req: PlanRequest) -> Plan:
@@ -584,7 +609,7 @@ def _plan_point(s: ModelConfig, budget: float, tag: str, seqs: int, req: PlanReq
         name=name, budget_flops=budget, model=s, n_params_total=counts["total"],
         n_params_nonembedding=counts["non_embedding"], n_params=n, tokens=tokens, steps=steps, batch_size=seqs,
         micro_batch_size=mb, batch_tokens=seqs * req.context, flops=fpt * tokens, flops_ratio=fpt * tokens / budget,
-        tokens_per_param=tokens / n, lr_peak=_lr_peak(counts["total"]),
+        tokens_per_param=tokens / n, lr_peak=req.lr_rule.lr_peak(counts),
         warmup_steps=_warmup_steps(counts["total"], seqs * req.context, steps), gpu_hours=hours,
         cost_usd=hours * price, memory_gib=memory_bytes(s, mb) / GIB, epochs=epochs, repeated=repeated)
 
@@ -667,6 +692,8 @@ def format_plan(plan: Plan) -> str:
         f"Estimates: {plan.gpu.name} at {plan.gpu.peak_flops / 1e12:.0f} TFLOP/s bf16 x MFU {req.mfu:.0%},"
         f" ${plan.price_per_hour:.2f}/GPU-hour (assumed; --price-per-hour to set); time counts"
         " 6·N_total + attention FLOPs per token, as MFU does.",
+        f"LR: {req.lr_rule.lr_ref:.3g} · ({_si(req.lr_rule.n_ref)} / N_{req.lr_rule.params})^{req.lr_rule.k:.3g}"
+        f" ({req.lr_rule.source}); Adam β2 {req.adam_beta2:g}; {WARMUP_RULE}.",
     ]
     header = (
         f"{'run':<18} {'L':>3} {'d':>5} {'H':>3} {'N':>7} {'N_ne':>7} {'D':>7} {'D/N':>6} "
@@ -688,7 +715,7 @@ def format_plan(plan: Plan) -> str:
             lines.append(
                 f"{p.name:<18} {m.n_layer:>3} {m.d_model:>5} {m.n_head:>3} {_si(p.n_params_total):>7} "
                 f"{_si(p.n_params_nonembedding):>7} {_si(p.tokens):>7} {p.tokens_per_param:>6.1f} "
-                f"{p.steps:>6} {p.batch_size:>4}x{m.context:<4} {p.lr_peak:>8.2e} {p.warmup_steps:>5} "
+                f"{p.steps:>6} {p.batch_size:>4}x{m.context:<4} {p.lr_peak:>8.2e} {p.warmup_steps:>5}{'*' if warmup_capped(p) else ' '}"
                 f"{p.flops_ratio:>8.4f} {p.gpu_hours:>7.3g} {p.cost_usd:>8.2f} {p.memory_gib:>7.1f}"
                 f"{' M' if p.memory_gib * GIB > plan.gpu.memory_bytes else ''}{epochs}"
             )
@@ -699,6 +726,11 @@ def format_plan(plan: Plan) -> str:
         if any(p.memory_gib * GIB > plan.gpu.memory_bytes for p in b.points):
             lines.append(f"  M needs more than one {plan.gpu.name}'s {plan.gpu.memory_bytes / GIB:.0f} GiB at "
                          "micro-batch 1: this trainer has no model parallelism (train it elsewhere or choose --gpu)")
+        capped = [p for p in b.points if warmup_capped(p)]
+        if capped:
+            lines.append(f"  * warmup shorter than N_total tokens for {len(capped)} point(s): the {WARMUP_CAP:.0%} "
+                         f"cap binds where D < {1 / WARMUP_CAP:g}·N_total"
+                         f"{' (or a shorter point of the same size sets it)' if req.shared_sizes or req.branching else ''}")
         if any(p.repeated for p in b.points):
             lines.append(f"  ! repeats data more than {req.max_epochs:g} epochs (--drop-repeated to drop)")
     pts = plan.points
@@ -729,10 +761,12 @@ def to_sweep(plan: Plan, name: str | None = None, data_path: str | None = None) 
         data=DataConfig(path=data_path or DataConfig().path),
         runs=[] if branching else runs,
         # The trainer refuses runs over its max_epochs: the plan's limit, so a point it kept trains.
-        train=TrainConfig(schedule="wsd-branch" if branching else "cosine", max_epochs=plan.request.max_epochs),
+        train=TrainConfig(schedule="wsd-branch" if branching else "cosine", max_epochs=plan.request.max_epochs,
+                          beta2=plan.request.adam_beta2),
         conventions=plan.request.conventions,
         plan={**req, "budgets": list(plan.request.budgets), "ladder": list(plan.request.ladder),
-              "flops_formula": flops_formula(plan.request.conventions.params, plan.request.conventions.flops)},
+              "flops_formula": flops_formula(plan.request.conventions.params, plan.request.conventions.flops),
+              "warmup_rule": WARMUP_RULE},
         branches=_branch_groups(plan) if branching else [],
     ).check()
 
@@ -782,19 +816,22 @@ def request_from_args(args: argparse.Namespace, budgets: tuple[float, ...] | Non
     elif budgets is None:
         raise ConfigError("--budget: give a compute budget, e.g. --budget 1e18 (or --budgets 1e16:1e18:5, "
                           "or --target-params N to plan the sweep for a model)")
-    vocab, unique = args.vocab, args.unique_tokens
+    vocab, unique, tokenizer = args.vocab, args.unique_tokens, None
     if args.data:
         from scaling.data import load_meta
 
         meta = load_meta(args.data)
-        vocab = meta["vocab_size"]
+        vocab, tokenizer = meta["vocab_size"], meta["tokenizer"]
         unique = unique or float(meta["tokens"]["train"])
+    rule = load_lr_rule(args.lr_rule) if args.lr_rule else DEFAULT_LR_RULE
+    rule.check(vocab, tokenizer)
     parsed = {
         "budgets": budgets,
         "ladder": parse_budgets(args.ladder, flag="--ladder") if args.ladder else (),
         "conventions": Conventions(params=args.params, flops=args.flops),
         "vocab_size": vocab,
         "unique_tokens": unique,
+        "lr_rule": rule,
     }
     # Every other field has a flag of its own name; getattr fails loudly on one the CLI lacks.
     same = {f.name: getattr(args, f.name) for f in dataclasses.fields(PlanRequest) if f.name not in parsed}
