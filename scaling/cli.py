@@ -427,16 +427,21 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- prepare
 
 
-def _bytes_arg(text: str) -> int:
-    """--max-bytes: a byte count with an optional k/M/G suffix (2M = 2,000,000)."""
-    scale = {"k": 10**3, "m": 10**6, "g": 10**9}.get(text[-1:].lower(), 1)
-    try:
-        value = int(float(text[:-1] if scale != 1 else text) * scale)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--max-bytes must be a size like 2000000, 2M or 500k (got {text!r})") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"--max-bytes must be >= 1 (got {text!r})")
-    return value
+def _bytes_arg(flag: str) -> Callable[[str], int]:
+    """An argparse type for a byte count with an optional k/M/G suffix (2M = 2,000,000)."""
+
+    def parse(text: str) -> int:
+        scale = {"k": 10**3, "m": 10**6, "g": 10**9}.get(text[-1:].lower(), 1)
+        try:
+            value = int(float(text[:-1] if scale != 1 else text) * scale)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} must be a size like 2000000, 2M or 500k (got {text!r})") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{flag} must be >= 1 (got {text!r})")
+        return value
+
+    parse.__name__ = flag
+    return parse
 
 
 def _add_prepare(sub: argparse._SubParsersAction) -> None:
@@ -445,13 +450,18 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
                    help="tinystories: download the published files; text: PATHs; pysrc: this Python's source tree")
     p.add_argument("paths", nargs="*", metavar="PATH",
                    help="text: files, folders or globs (.txt .md .jsonl .parquet, optionally .gz .xz .zst)")
-    p.add_argument("--tokenizer", default="gpt2", help="a tiktoken encoding (gpt2, cl100k_base, ...) or bytes (default gpt2)")
+    p.add_argument("--tokenizer", default="gpt2",
+                   help="a tiktoken encoding (gpt2, cl100k_base, ...), bytes, bpe:VOCAB (a byte-level BPE trained "
+                        "on the train split) or hf:PATH (a local tokenizer.json); default gpt2")
     p.add_argument("--name", default=None, help="dataset name (default: the source, or the first PATH's name)")
     p.add_argument("--out", default=None, help="output folder (default data/NAME)")
-    p.add_argument("--val-fraction", type=_float_arg("--val-fraction"), default=0.01,
+    p.add_argument("--val-fraction", type=_float_arg("--val-fraction"), default=None,
                    help="text/pysrc: share of documents held out, chosen by content hash (default 0.01)")
+    p.add_argument("--val-bytes", type=_bytes_arg("--val-bytes"), default=None,
+                   help="text/pysrc, instead of --val-fraction: hold out documents (same hash order) up to this "
+                        "much text, e.g. 20M")
     p.add_argument("--workers", type=int, default=None, help="tokenizer processes (default: all CPU cores)")
-    p.add_argument("--max-bytes", type=_bytes_arg, default=None,
+    p.add_argument("--max-bytes", type=_bytes_arg("--max-bytes"), default=None,
                    help="read about this much input, e.g. 2M (text/pysrc: whole files in order; tinystories: per file)")
     p.add_argument("--doc-sep", default="<|endoftext|>",
                    help="text: split files into documents at this string; 'blank-line' or 'none' (whole files)")
@@ -472,7 +482,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     from scaling.prepare import prepare
 
     out = prepare(args.source, args.paths, tokenizer=args.tokenizer, out_dir=args.out, name=args.name,
-                  val_fraction=args.val_fraction, workers=args.workers, max_bytes=args.max_bytes,
+                  val_fraction=args.val_fraction, val_bytes=args.val_bytes, workers=args.workers, max_bytes=args.max_bytes,
                   doc_sep=args.doc_sep, field=args.field, site_packages=args.site_packages,
                   url_base=args.url_base, checksums=args.checksums, download_dir=args.download_dir,
                   force=args.force, progress=not args.quiet)

@@ -46,7 +46,7 @@ import torch.distributed as dist
 from scaling.checkpoint import (CHECKPOINT, _branch_start, _check_branch_start, _check_same_run, _keep_checkpoint,
                                 _load_checkpoint, _rng_state, _save_checkpoint, _set_rng_state)
 from scaling.config import RunConfig, TrainConfig
-from scaling.data import TokenLoader, load_meta
+from scaling.data import TokenLoader, load_meta, tokenizer_record
 from scaling.errors import ConfigError, TrainError
 from scaling.model import GPT, count_params, flops_per_token
 from scaling.plan import peak_flops
@@ -362,6 +362,8 @@ def train(
         # --- data, checks, and what the run counts
         meta = load_meta(cfg.data.path)
         accum = _check_data(cfg, meta, rt.world_size)
+        # Read (and hash-checked) now, so a changed tokenizer.json stops the run before it trains.
+        tokenizer_meta = tokenizer_record(meta, cfg.data.path)
         n_eval = _eval_batches(cfg, meta["tokens"]["val"], rt.world_size)
         counts = count_params(cfg.model)
         fpt_6nd = flops_per_token(cfg.model, "total", "6nd")
@@ -433,7 +435,7 @@ def train(
             "flops_planned": {"6nd": fpt_6nd * cfg.tokens, "6nd+attn": fpt_attn * cfg.tokens},
             "eval_tokens": n_eval * tc.micro_batch_size * cfg.model.context * rt.world_size,
             "data": {"path": cfg.data.path, "tokenizer": meta["tokenizer"], "vocab_size": meta["vocab_size"],
-                     "tokens": meta["tokens"]},
+                     "tokenizer_sha256": meta.get("tokenizer_sha256"), "tokens": meta["tokens"]},
             "environment": _environment(rt),
             "peak_flops": peak,
             "resumed_from_step": None if branch_from else (step or None),
@@ -462,7 +464,7 @@ def train(
                 _save_checkpoint({"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
                                   "scaler": scaler.state_dict(), "step": step, "loader": loader_states,
                                   "rng": rng_states, "loop": loop, "config": cfg.to_dict(),
-                                  "data_meta": {k: meta[k] for k in ("tokenizer", "vocab_size", "eot_token")}},
+                                  "data_meta": tokenizer_meta},
                                  ckpt_path)
                 if step in keep:
                     _keep_checkpoint(ckpt_path, step)

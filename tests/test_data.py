@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from scaling import data, sources
 from scaling import prepare as prep  # the module; `prepare` is its function
 from scaling.cli import main
-from scaling.data import TokenLoader, get_tokenizer, load_meta, token_dtype
+from scaling.data import TokenLoader, get_tokenizer, load_meta, token_dtype, tokenizer_of
 from scaling.download import download
 from scaling.errors import ConfigError, DataError
 from scaling.prepare import prepare
@@ -52,7 +52,7 @@ def tokens(folder: Path, split: str) -> np.ndarray:
 def documents(folder: Path, split: str) -> list[str]:
     """The texts of the documents in a prepared split (split at end-of-text, decoded)."""
     meta = load_meta(folder)
-    tok = get_tokenizer(meta["tokenizer"])
+    tok = tokenizer_of(meta, folder)
     ids = tokens(folder, split).tolist()
     assert ids and ids[-1] == meta["eot_token"], "every document must end with end-of-text"
     out, start = [], 0
@@ -122,7 +122,7 @@ def test_gpt2_matches_tiktoken_and_round_trips(tiktoken_cache: Path) -> None:
 
 
 def test_unknown_tokenizer_names_the_choices() -> None:
-    with pytest.raises(DataError, match=r"--tokenizer 'gpt5' is unknown: use 'bytes' or a tiktoken encoding \(.*gpt2"):
+    with pytest.raises(DataError, match=r"--tokenizer 'gpt5' is unknown: use 'bytes', bpe:VOCAB, hf:PATH or a tiktoken encoding \(.*gpt2"):
         get_tokenizer("gpt5")
 
 
