@@ -148,8 +148,8 @@ def demo_sweep(scale: DemoScale, data_dir: str | os.PathLike[str]) -> tuple[Swee
                       min_steps=scale.min_steps)
     sweep = to_sweep(make_plan(req), name=SWEEP, data_path=str(Path(data_dir).resolve()))
     # Every run evaluates on the same first eval_tokens of val, so runs compare without sampling
-    # noise between them (most demo runs are shorter than eval_interval: their one eval is the
-    # final one, which keeps its cost); checkpoints are small, and a stop signal checkpoints anyway.
+    # noise between them; the final eval scores as many, so the demo's eval cost stays what it was.
+    # Checkpoints are small, and a stop signal checkpoints anyway.
     train = TrainConfig(device="cpu", compile="off", precision="fp32", eval_interval=scale.eval_interval,
                         eval_tokens=scale.eval_tokens, final_eval_tokens=scale.eval_tokens, log_interval=10,
                         checkpoint_interval=200, flush_interval=100)
