@@ -73,7 +73,7 @@ METRICS_SCHEMA = pa.schema(
         # null except at evaluation steps: interim evals score train.eval_tokens, the last step's
         # (final) eval train.final_eval_tokens of the same val windows
         ("val_loss", pa.float64()),
-        ("val_loss_se", pa.float64()),  # standard error of val_loss over eval windows
+        ("val_loss_se", pa.float64()),  # standard error of val_loss (batch means over eval windows)
         ("grad_norm", pa.float64()),  # before clipping
         ("tokens_per_s", pa.float64()),
         ("mfu", pa.float64()),  # null on CPU (no peak known)
@@ -106,7 +106,7 @@ RUNS_SCHEMA = pa.schema(
         ("lr_peak", pa.float64()),
         ("batch_tokens", pa.int64()),
         ("val_loss", pa.float64()),  # final validation loss (mean over the eval tokens)
-        ("val_loss_se", pa.float64()),  # its standard error over eval windows (scaling.evaluation)
+        ("val_loss_se", pa.float64()),  # its standard error (scaling.evaluation.batch_means_se)
         ("val_tokens", pa.int64()),  # val tokens it scored; null for runs from before it was recorded
         ("train_time_s", pa.float64()),
         ("gpu_hours", pa.float64()),

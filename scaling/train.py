@@ -49,7 +49,7 @@ from scaling.checkpoint import (CHECKPOINT, _branch_start, _check_branch_start, 
 from scaling.config import RunConfig, TrainConfig
 from scaling.data import TokenLoader, load_meta
 from scaling.errors import ConfigError, TrainError
-from scaling.evaluation import EVAL_PARQUET, eval_windows, mean_se, score_windows, write_eval
+from scaling.evaluation import EVAL_PARQUET, batch_means_se, eval_windows, score_windows, write_eval
 from scaling.model import GPT, count_params, flops_per_token
 from scaling.plan import peak_flops
 from scaling.results import MetricsWriter, read_run_json, write_run_json
@@ -70,7 +70,7 @@ class RunResult:
 
     ``status`` is "done", "interrupted" (checkpointed on a signal or a stop request: relaunch
     to resume) or "failed: <reason>". ``val_loss`` (nats/token) is the mean over the fixed
-    held-out tokens at the last evaluation, ``val_loss_se`` its standard error over eval windows
+    held-out tokens at the last evaluation, ``val_loss_se`` its standard error (batch means)
     and ``val_tokens`` the tokens scored (``scaling.evaluation``); all None when no evaluation ran
     (``val_tokens`` also in run.json files written before it was recorded). ``signal`` names the
     signal that interrupted the run ("SIGTERM", "SIGUSR2", "SIGINT"), None otherwise.
@@ -243,7 +243,7 @@ def _evaluate(model: torch.nn.Module, cfg: RunConfig, rt: _Runtime, n_windows: i
     if out is not None and rt.master:
         write_eval(out, sums, cfg.model.context, cfg.data.path)
     tokens = np.full(n_windows, cfg.model.context)
-    return (*mean_se(tokens, sums), int(tokens.sum()))
+    return (*batch_means_se(tokens, sums), int(tokens.sum()))
 
 
 def _spike(loss: float, window: deque[float], sigma: float) -> str | None:

@@ -20,7 +20,7 @@ from test_train import ENV, free_port, make_cfg, write_toy_data
 from scaling.checkpoint import load_model
 from scaling.config import RunConfig
 from scaling.errors import FitError
-from scaling.evaluation import EVAL_SCHEMA, eval_se, paired_difference, read_eval, score_windows
+from scaling.evaluation import EVAL_SCHEMA, batch_means_se, eval_se, mean_se, paired_difference, read_eval, score_windows
 from scaling.results import load_points, read_metrics, read_run_json, run_row
 from scaling.train import RunResult, train
 
@@ -29,6 +29,16 @@ CONTEXT = 32  # make_cfg's
 VAL = 8_000  # write_toy_data's val tokens: (8000 - 1) // 32 = 249 windows, the last batch of 8 partial
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: torch on one thread
+
+
+def hand_se(per_token: np.ndarray) -> float:
+    """Batch means by hand for equal windows: batches of ⌊√n⌋ windows in order (the last shorter),
+    each weighted by its share w of the windows: se² = m/(m−1) · Σ w² (l_batch − L)²."""
+    n = len(per_token)
+    b = int(math.sqrt(n))
+    batches = [per_token[i:i + b] for i in range(0, n, b)]
+    m, mean = len(batches), per_token.mean()
+    return math.sqrt(m / (m - 1) * sum((len(x) / n) ** 2 * (x.mean() - mean) ** 2 for x in batches))
 
 
 @pytest.fixture(scope="module")
@@ -64,10 +74,13 @@ def test_final_eval_keeps_every_window_and_its_se_is_the_hand_count(runs: dict) 
             x = block(x)
         logits = model.lm_head(model.ln_f(x))
     assert sums[200] == pytest.approx(F.cross_entropy(logits[0], w[1:], reduction="sum").item(), rel=1e-5)
-    # Equal windows: the token-weighted mean is the plain mean, its s.e. the sample SD over √n.
+    # Equal windows: the token-weighted mean is the plain mean; 249 windows make 16 batches of 15
+    # and one of 9.
     per_token = sums / CONTEXT
     assert result.val_loss == pytest.approx(per_token.mean(), rel=1e-12)
-    assert result.val_loss_se == eval_se(out) == pytest.approx(per_token.std(ddof=1) / math.sqrt(n), rel=1e-9)
+    assert result.val_loss_se == eval_se(out) == pytest.approx(hand_se(per_token), rel=1e-9)
+    # Per window (no batches) it is the sample SD over √n.
+    assert mean_se(np.full(n, CONTEXT), sums)[1] == pytest.approx(per_token.std(ddof=1) / math.sqrt(n), rel=1e-9)
     assert result.val_tokens == n * CONTEXT
     info = read_run_json(out / "run.json")
     assert info is not None and info["result"]["val_tokens"] == n * CONTEXT and info["eval_tokens"] == 2048
@@ -87,11 +100,28 @@ def test_runs_on_one_folder_score_the_same_windows_and_pair(runs: dict) -> None:
     diff, se = paired_difference(out_a, out_b)
     d = (a.column("loss_sum").to_numpy() - b.column("loss_sum").to_numpy()) / CONTEXT
     assert diff == pytest.approx(res_a.val_loss - res_b.val_loss, rel=1e-9)
-    assert se == pytest.approx(d.std(ddof=1) / math.sqrt(len(d)), rel=1e-9)
+    assert se == pytest.approx(hand_se(d), rel=1e-9)
     assert paired_difference(out_b / "eval.parquet", out_a) == pytest.approx((-diff, se))
     # Both runs find the same windows hard, so the paired error is below the unpaired one
     # (measured: 0.0045 against 0.0083 nats).
     assert se < 0.7 * math.hypot(res_a.val_loss_se, res_b.val_loss_se)
+
+
+def test_batch_means_se_holds_where_neighbouring_windows_are_correlated() -> None:
+    """Known truth: 400 windows from 40 documents of 10 windows each, a document effect of SD 1 and
+    a window effect of SD 0.1, so the mean's true SD is √(1/40 + 0.01/400) = 0.158. Over 400
+    samples the batch-means error (batches of 20 windows, 2 documents) averages within 15% of that
+    SD, while the per-window error, which treats all windows as independent, is ~3× too small."""
+    rng = np.random.default_rng(0)
+    truth = math.sqrt(1 / 40 + 0.01 / 400)
+    tokens = np.full(400, 100.0)
+    batch, window = [], []
+    for _ in range(400):
+        per_window = np.repeat(rng.normal(0, 1, 40), 10) + rng.normal(0, 0.1, 400)
+        batch.append(batch_means_se(tokens, per_window * tokens)[1])
+        window.append(mean_se(tokens, per_window * tokens)[1])
+    assert np.mean(batch) == pytest.approx(truth, rel=0.15)
+    assert np.mean(window) < truth / 2.5
 
 
 def test_paired_difference_refuses_other_windows_in_one_line(runs: dict, data_dir: Path, tmp_path: Path) -> None:
