@@ -28,9 +28,11 @@ __all__ = ["load_model"]
 
 CHECKPOINT = "checkpoint.pt"
 # Config fields that may change between an interrupted run and its resumption: they steer
-# bookkeeping and speed, not the losses.
+# bookkeeping and speed, not the training losses. (final_eval_tokens sizes only the eval after the
+# last update, recorded with its result; runs checkpointed before the field existed resume.)
 _RESUMABLE_CHANGES = ("name", "data.path", "train.log_interval", "train.checkpoint_interval",
-                      "train.flush_interval", "train.compile", "train.compile_mode", "train.device")
+                      "train.flush_interval", "train.compile", "train.compile_mode", "train.device",
+                      "train.final_eval_tokens")
 
 
 def _rng_state() -> dict[str, Any]:

@@ -387,7 +387,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     lock = _flock(out / ".run.lock", f"run {out.name}") if os.environ.get("RANK", "0") == "0" else nullcontext()
     with lock:
         result = train.train(cfg, out, verbose=not args.quiet)
-    val = f"{result.val_loss:.4f} ± {result.val_loss_se or 0:.4f}" if result.val_loss is not None else "n/a"
+    val = "n/a"
+    if result.val_loss is not None:
+        val = f"{result.val_loss:.4f} ± {result.val_loss_se or 0:.4f}" + (
+            f" ({result.val_tokens:,} tokens)" if result.val_tokens else "")
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one summary line from rank 0
         resume = f"; re-run `{_same_command(args)}` to continue" if result.status == "interrupted" else ""
         print(f"{cfg.name}: {result.status} at step {result.steps}/{cfg.steps}, val_loss {val}, "

@@ -390,8 +390,14 @@ class TrainConfig(Config):
     beta2: float = 0.95
     eps: float = 1e-8
     grad_clip: float = 1.0
+    # Interim evals (every eval_interval steps: the loss curve) score the first eval_tokens of
+    # val; the final eval scores the first final_eval_tokens (all of val when it is smaller), keeps
+    # every window's loss in eval.parquet and gives the run's val_loss, its standard error and the
+    # paired comparison of runs on the same data folder (scaling.evaluation). See
+    # scaling.evaluation.FINAL_EVAL_TOKENS for why 2**23.
     eval_interval: int = 100
     eval_tokens: int = 262144
+    final_eval_tokens: int = 2**23
     log_interval: int = 10
     checkpoint_interval: int = 500
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
@@ -410,7 +416,7 @@ class TrainConfig(Config):
 
     def validate(self) -> list[str]:
         out = _positive(self, "batch_size", "micro_batch_size", "lr_peak", "eps", "eval_interval",
-                        "eval_tokens", "log_interval", "checkpoint_interval", "max_epochs",
+                        "eval_tokens", "final_eval_tokens", "log_interval", "checkpoint_interval", "max_epochs",
                         "flush_interval", "spike_sigma", "spike_window")
         if not out and self.batch_size % self.micro_batch_size:
             out.append(

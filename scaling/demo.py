@@ -154,9 +154,11 @@ def demo_sweep(scale: DemoScale, data_dir: str | os.PathLike[str]) -> tuple[Swee
                       min_steps=scale.min_steps, **GUARDS_OFF)
     sweep = to_sweep(make_plan(req), name=SWEEP, data_path=str(Path(data_dir).resolve()))
     # Every run evaluates on the same first eval_tokens of val, so runs compare without sampling
-    # noise between them; checkpoints are small, and a stop signal checkpoints anyway.
+    # noise between them; the final eval scores as many, so the demo's eval cost stays what it was.
+    # Checkpoints are small, and a stop signal checkpoints anyway.
     train = TrainConfig(device="cpu", compile="off", precision="fp32", eval_interval=scale.eval_interval,
-                        eval_tokens=scale.eval_tokens, log_interval=10, checkpoint_interval=200, flush_interval=100)
+                        eval_tokens=scale.eval_tokens, final_eval_tokens=scale.eval_tokens, log_interval=10,
+                        checkpoint_interval=200, flush_interval=100)
     runs = [dataclasses.replace(r, lr_peak=demo_lr(count_params(r.model)["total"])) for r in sweep.runs]
     plan = {**sweep.plan, "lr_rule": "demo_lr: 2e-4·(124M/N_total)^0.5, the planner's rule ÷ 3 (scaling/demo.py)"}
     return dataclasses.replace(sweep, runs=runs, train=train, plan=plan).check(), req

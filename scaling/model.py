@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -165,7 +166,7 @@ class GPT(nn.Module):
             nn.init.zeros_(module.bias)
 
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, reduction: Literal["mean", "none"] = "mean"
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Mean cross-entropy (nats/token) of next-token prediction, or the next token's logits.
 
@@ -174,6 +175,9 @@ class GPT(nn.Module):
         idx, targets
             Token ids, shape (B, T) with T <= context. Without ``targets`` only the last
             position's logits are computed (what generation needs) and the loss is None.
+        reduction
+            "mean": the loss is one number; "none": the loss of every target, shape (B, T), in
+            fp32 (the evaluation sums each row to store per-window losses).
 
         Returns
         -------
@@ -196,7 +200,8 @@ class GPT(nn.Module):
         if targets is None:
             return self.lm_head(x[:, [-1], :]), None
         logits = self.lm_head(x)
-        return None, F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1))
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), reduction=reduction)
+        return None, loss if reduction == "mean" else loss.view(targets.shape)
 
     def configure_optimizers(
         self, weight_decay: float, lr: float, betas: tuple[float, float], eps: float, device_type: str

@@ -6,6 +6,7 @@ Layout::
     results/<sweep>/<run_id>/config.yaml    the resolved RunConfig
     results/<sweep>/<run_id>/run.json       config, conventions, environment, status
     results/<sweep>/<run_id>/metrics.parquet  one row per logged step (METRICS_SCHEMA)
+    results/<sweep>/<run_id>/eval.parquet   the final eval's per-window losses (scaling.evaluation)
     results/<sweep>/<run_id>/checkpoint.pt  latest checkpoint (never committed)
     results/<sweep>/<run_id>/checkpoint_000800.pt  a trunk's checkpoint kept at a branch point
 
@@ -70,8 +71,10 @@ METRICS_SCHEMA = pa.schema(
         ("epochs", pa.float64()),  # tokens / unique training tokens
         ("lr", pa.float64()),
         ("train_loss", pa.float64()),  # mean over the step's micro-batches, nats/token
-        ("val_loss", pa.float64()),  # null except at evaluation steps
-        ("val_loss_se", pa.float64()),  # standard error of val_loss over eval batches
+        # null except at evaluation steps: interim evals score train.eval_tokens, the last step's
+        # (final) eval train.final_eval_tokens of the same val windows
+        ("val_loss", pa.float64()),
+        ("val_loss_se", pa.float64()),  # standard error of val_loss (batch means over eval windows)
         ("grad_norm", pa.float64()),  # before clipping
         ("tokens_per_s", pa.float64()),
         ("mfu", pa.float64()),  # null on CPU (no peak known)
@@ -104,7 +107,8 @@ RUNS_SCHEMA = pa.schema(
         ("lr_peak", pa.float64()),
         ("batch_tokens", pa.int64()),
         ("val_loss", pa.float64()),  # final validation loss (mean over the eval tokens)
-        ("val_loss_se", pa.float64()),
+        ("val_loss_se", pa.float64()),  # its standard error (scaling.evaluation.batch_means_se)
+        ("val_tokens", pa.int64()),  # val tokens it scored; null for runs from before it was recorded
         ("train_time_s", pa.float64()),
         ("gpu_hours", pa.float64()),
         ("gpu_name", pa.string()),
@@ -242,6 +246,7 @@ def run_row(run_id: str, sweep: str, cfg: RunConfig, out_dir: str | os.PathLike[
         "batch_tokens": cfg.train.batch_size * cfg.model.context,
         "val_loss": res.get("val_loss"),
         "val_loss_se": res.get("val_loss_se"),
+        "val_tokens": res.get("val_tokens"),
         "train_time_s": time_s,
         "gpu_hours": time_s * world / 3600 if (gpu and time_s is not None) else None,
         "gpu_name": gpu,

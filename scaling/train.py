@@ -7,7 +7,8 @@ gradient-accumulation micro-steps, clips, steps and zeroes the gradients. Only a
 losses for NaN and spikes, evaluates, appends a metrics row, flushes and checkpoints.
 
 Output (``out_dir``): ``run.json`` (config, conventions, environment, status),
-``metrics.parquet`` (``scaling.results.METRICS_SCHEMA``), ``checkpoint.pt`` (latest state).
+``metrics.parquet`` (``scaling.results.METRICS_SCHEMA``), ``checkpoint.pt`` (latest state),
+``eval.parquet`` (the final eval's per-window losses, ``scaling.evaluation``).
 A relaunch on the same folder resumes from the checkpoint and reproduces the uninterrupted
 run's losses exactly on CPU; a finished run (status "done") is a no-op.
 
@@ -48,6 +49,7 @@ from scaling.checkpoint import (CHECKPOINT, _branch_start, _check_branch_start, 
 from scaling.config import RunConfig, TrainConfig
 from scaling.data import TokenLoader, load_meta, tokenizer_record
 from scaling.errors import ConfigError, TrainError
+from scaling.evaluation import EVAL_PARQUET, batch_means_se, eval_windows, score_windows, write_eval
 from scaling.model import GPT, count_params, flops_per_token
 from scaling.plan import peak_flops
 from scaling.results import MetricsWriter, read_run_json, write_run_json
@@ -68,9 +70,10 @@ class RunResult:
 
     ``status`` is "done", "interrupted" (checkpointed on a signal or a stop request: relaunch
     to resume) or "failed: <reason>". ``val_loss`` (nats/token) is the mean over the fixed
-    held-out tokens at the last evaluation and ``val_loss_se`` its standard error over eval
-    batches; both None when no evaluation ran. ``signal`` names the signal that interrupted
-    the run ("SIGTERM", "SIGUSR2", "SIGINT"), None otherwise.
+    held-out tokens at the last evaluation, ``val_loss_se`` its standard error (batch means)
+    and ``val_tokens`` the tokens scored (``scaling.evaluation``); all None when no evaluation ran
+    (``val_tokens`` also in run.json files written before it was recorded). ``signal`` names the
+    signal that interrupted the run ("SIGTERM", "SIGUSR2", "SIGINT"), None otherwise.
     """
 
     status: str
@@ -85,6 +88,7 @@ class RunResult:
     n_params_nonembedding: int
     gpu_name: str | None
     signal: str | None = None
+    val_tokens: int | None = None
 
 
 # ----------------------------------------------------------------------------- runtime
@@ -230,39 +234,16 @@ def _any_rank(flag: bool, rt: _Runtime) -> bool:
 # ----------------------------------------------------------------------------- pieces of the loop
 
 
-def _eval_batches(cfg: RunConfig, val_tokens: int, world_size: int) -> int:
-    """Batches per rank of the fixed held-out set: the first ``eval_tokens`` of val."""
-    per_batch = cfg.train.micro_batch_size * cfg.model.context
-    windows = (val_tokens - 1) // cfg.model.context
-    if windows < cfg.train.micro_batch_size * world_size:
-        raise TrainError(
-            f"data.path: val split has {windows} windows of context {cfg.model.context}, fewer than one "
-            f"eval batch ({cfg.train.micro_batch_size} × {world_size} processes); prepare more val data "
-            f"or lower train.micro_batch_size")
-    wanted = max(1, cfg.train.eval_tokens // (per_batch * world_size))
-    return min(wanted, windows // (cfg.train.micro_batch_size * world_size))
-
-
-@torch.no_grad()
-def _evaluate(model: torch.nn.Module, cfg: RunConfig, rt: _Runtime, n_batches: int) -> tuple[float, float | None]:
-    """Mean loss over the fixed held-out set and its standard error over eval batches."""
-    loader = TokenLoader(cfg.data.path, "val", cfg.model.context, cfg.train.micro_batch_size,
-                         mode="sequential", rank=rt.rank, world_size=rt.world_size)
-    batches = _Prefetcher(loader, rt.device)
-    model.eval()
-    losses = torch.empty(n_batches, device=rt.device)
-    for i in range(n_batches):
-        x, y = batches.next()
-        with rt.autocast():
-            losses[i] = model(x, y)[1]
-    model.train()
-    if rt.world_size > 1:
-        parts = [torch.empty_like(losses) for _ in range(rt.world_size)]
-        dist.all_gather(parts, losses)
-        losses = torch.cat(parts)
-    values = losses.double().cpu()
-    se = (values.std() / math.sqrt(len(values))).item() if len(values) > 1 else None
-    return values.mean().item(), se
+def _evaluate(model: torch.nn.Module, cfg: RunConfig, rt: _Runtime, n_windows: int,
+              out: Path | None = None) -> tuple[float, float | None, int]:
+    """Mean val loss over the first ``n_windows`` windows, its standard error and the tokens
+    scored; with ``out`` (the final eval), rank 0 also keeps the per-window losses there."""
+    sums = score_windows(model, cfg.data.path, cfg.model.context, n_windows, cfg.train.micro_batch_size,
+                         rt.device, autocast=rt.autocast, rank=rt.rank, world_size=rt.world_size)
+    if out is not None and rt.master:
+        write_eval(out, sums, cfg.model.context, cfg.data.path)
+    tokens = np.full(n_windows, cfg.model.context)
+    return (*batch_means_se(tokens, sums), int(tokens.sum()))
 
 
 def _spike(loss: float, window: deque[float], sigma: float) -> str | None:
@@ -364,7 +345,8 @@ def train(
         accum = _check_data(cfg, meta, rt.world_size)
         # Read (and hash-checked) now, so a changed tokenizer.json stops the run before it trains.
         tokenizer_meta = tokenizer_record(meta, cfg.data.path)
-        n_eval = _eval_batches(cfg, meta["tokens"]["val"], rt.world_size)
+        n_eval = eval_windows(meta["tokens"]["val"], cfg.model.context, tc.eval_tokens)
+        n_final = eval_windows(meta["tokens"]["val"], cfg.model.context, tc.final_eval_tokens)
         counts = count_params(cfg.model)
         fpt_6nd = flops_per_token(cfg.model, "total", "6nd")
         fpt_attn = flops_per_token(cfg.model, "total", "6nd+attn")
@@ -433,7 +415,7 @@ def train(
             "grad_accum_steps": accum,
             "flops_per_token": {"6nd": fpt_6nd, "6nd+attn": fpt_attn},
             "flops_planned": {"6nd": fpt_6nd * cfg.tokens, "6nd+attn": fpt_attn * cfg.tokens},
-            "eval_tokens": n_eval * tc.micro_batch_size * cfg.model.context * rt.world_size,
+            "eval_tokens": n_eval * cfg.model.context,  # interim evals'; the final one's is result.val_tokens
             "data": {"path": cfg.data.path, "tokenizer": meta["tokenizer"], "vocab_size": meta["vocab_size"],
                      "tokenizer_sha256": meta.get("tokenizer_sha256"), "tokens": meta["tokens"]},
             "environment": _environment(rt),
@@ -442,12 +424,14 @@ def train(
             "started_at": (info or {}).get("started_at", _now()) if step else _now(),
         }
 
-        def result(status: str, val: tuple[float, float | None] | None = None, sig: str | None = None) -> RunResult:
+        def result(status: str, val: tuple[float, float | None, int] | None = None,
+                   sig: str | None = None) -> RunResult:
             """The run's RunResult now; rank 0 records it (with ``status``) in run.json."""
             tokens = step * batch_tokens
             res = RunResult(status=status, out_dir=str(out_dir), steps=step, tokens=tokens,
                             epochs=tokens / meta["tokens"]["train"], val_loss=val[0] if val else None,
-                            val_loss_se=val[1] if val else None, train_time_s=elapsed(),
+                            val_loss_se=val[1] if val else None, val_tokens=val[2] if val else None,
+                            train_time_s=elapsed(),
                             n_params_total=counts["total"], n_params_nonembedding=counts["non_embedding"],
                             gpu_name=rt.gpu_name(), signal=sig)
             if rt.master:
@@ -489,7 +473,7 @@ def train(
         window: deque[float] = deque(loop["window"], maxlen=tc.spike_window)
         pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # (loss, grad_norm) not yet synced
         mark_time, mark_tokens, last_flush = time.perf_counter(), step * batch_tokens, step
-        val: tuple[float, float | None] | None = None
+        val: tuple[float, float | None, int] | None = None
         stop_signal = _StopSignal()
         with stop_signal:
             while step < cfg.steps:
@@ -544,7 +528,10 @@ def train(
                         loop["events"].append(f"spike at step {first + i}: {event}")
                     window.append(v)
                 loop["window"] = list(window)
-                val = _evaluate(eval_model, cfg, rt, n_eval) if is_eval and bad is None else None
+                val = None
+                if is_eval and bad is None:
+                    val = (_evaluate(eval_model, cfg, rt, n_final, out_dir / EVAL_PARQUET) if last
+                           else _evaluate(eval_model, cfg, rt, n_eval))
                 tokens = step * batch_tokens
                 if is_log or is_eval or bad is not None:
                     tok_s = (tokens - mark_tokens) / max(now - mark_time, 1e-9)
@@ -581,7 +568,7 @@ def train(
                     return result("interrupted", sig=sig)
                 mark_time, mark_tokens = time.perf_counter(), tokens
         if val is None:  # resumed from a checkpoint of the last step: its final eval never ran
-            val = _evaluate(eval_model, cfg, rt, n_eval)
+            val = _evaluate(eval_model, cfg, rt, n_final, out_dir / EVAL_PARQUET)
         return result("done", val)
     except Exception as e:
         if started and rt.master:

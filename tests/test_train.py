@@ -338,8 +338,10 @@ def test_ddp_two_cpu_processes_train_the_planned_tokens(data_dir: Path, tmp_path
         (["data.path=/nonexistent/data"], "data folder /nonexistent/data"),
         (["train.grad_clip=.nan"], "train.grad_clip: must be >= 0 (got nan)"),
         (["train.device=meta"], "train.device: must be auto, cpu, cuda or cuda:N (got 'meta')"),
+        (["train.final_eval_tokens=0"], "train.final_eval_tokens: must be > 0 (got 0)"),
     ],
-    ids=["unknown-field", "d_model-vs-n_head", "batch-vs-micro", "missing-data", "nan-clip", "meta-device"],
+    ids=["unknown-field", "d_model-vs-n_head", "batch-vs-micro", "missing-data", "nan-clip", "meta-device",
+         "final-eval-tokens"],
 )
 def test_bad_config_is_one_line_exit_2(data_dir: Path, tmp_path: Path, args: list[str], field: str) -> None:
     make_cfg(data_dir).save_yaml(tmp_path / "run.yaml")
