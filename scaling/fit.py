@@ -468,9 +468,10 @@ _ALLOCATION_RATIO = ("numeric under C = f(N)·N·D, f = the runs' C/(N·D) inter
 
 
 def _flops_ratio(data: FitData) -> dict[str, list[float]] | None:
-    """C/(N·D) of the runs by size: None under "6nd" (6 at every size), else the mean of
-    log(C/(N·D)) per distinct N, as "6nd+attn"'s attention term depends on the shape."""
-    if data.conventions["flops"] == "6nd":
+    """C/(N·D) of the runs by size: None where it is 6 at every size (total N under "6nd"), else
+    the mean of log(C/(N·D)) per distinct N, as the attention term ("6nd+attn") and the
+    unembedding under non-embedding N (6·V·d per token) depend on the shape."""
+    if data.conventions["flops"] == "6nd" and data.conventions["params"] == "total":
         return None
     log_n, inverse = np.unique(np.log(data.params), return_inverse=True)
     log_f = np.log(data.flops / (data.params * data.tokens))

@@ -138,7 +138,9 @@ def predict_optimal(fit: FitResult, flops: float, *, ci: float | None = None) ->
 class ValidationRow:
     """One held-out run: the Approach 3 prediction for its (N, D) against its actual loss.
 
-    ``rel_error`` is (predicted − actual) / actual; ``inside``: actual within ``interval``.
+    ``rel_error`` is (predicted − actual) / actual; ``inside``: actual within ``interval``;
+    ``eval_se`` the standard error of the actual loss from its eval (None where not recorded), the
+    floor under any error a single run can show.
     """
 
     name: str
@@ -150,6 +152,7 @@ class ValidationRow:
     interval: tuple[float, float] | None
     rel_error: float
     inside: bool
+    eval_se: float | None = None
 
 
 def validate(data: FitData, targets: Sequence[str], *, n_bootstrap: int = 1000, seed: int = 0,
@@ -166,7 +169,8 @@ def validate(data: FitData, targets: Sequence[str], *, n_bootstrap: int = 1000, 
     for i in np.flatnonzero(held):
         p = predict(fit, float(data.params[i]), float(data.tokens[i]))
         iv, actual = p.intervals["loss"], float(data.loss[i])
+        se = None if data.loss_se is None or not np.isfinite(data.loss_se[i]) else float(data.loss_se[i])
         rows.append(ValidationRow(data.names[i], data.run_ids[i], float(data.params[i]), float(data.tokens[i]),
                                   actual, p.loss, iv, (p.loss - actual) / actual,
-                                  bool(iv and iv[0] <= actual <= iv[1])))
+                                  bool(iv and iv[0] <= actual <= iv[1]), se))
     return fit, rows

@@ -148,12 +148,13 @@ def format_prediction(pred: Prediction) -> str:
 def format_validation(fit: FitResult, rows: Sequence[ValidationRow]) -> str:
     """Predicted vs actual for each held-out run, and whether the actual lies inside the interval."""
     head = (f"{'run':<28} {'N':>10} {'D':>10} {'actual':>8} {'predicted':>9} "
-            f"{f'{fit.ci:.0%} interval':>20} {'rel.err':>8}  inside")
+            f"{f'{fit.ci:.0%} interval':>20} {'rel.err':>8} {'eval s.e.':>9}  inside")
     out = [f"Approach 3 fitted on {fit.n_points} runs ({fit.message}); {len(rows)} held out",
            *format_cross_validation(fit), head]
     for r in rows:
         out.append(f"{r.name[:28]:<28} {_g(r.n_params):>10} {_g(r.tokens):>10} {r.actual:8.4f} {r.predicted:9.4f} "
-                   f"{_iv(r.interval):>20} {r.rel_error:+8.2%}  {'yes' if r.inside else 'NO'}")
+                   f"{_iv(r.interval):>20} {r.rel_error:+8.2%} "
+                   f"{'' if r.eval_se is None else f'{r.eval_se / r.actual:.2%}':>9}  {'yes' if r.inside else 'NO'}")
     inside = sum(r.inside for r in rows)
     out.append(f"{inside}/{len(rows)} inside the prediction interval")
     return "\n".join(out)

@@ -294,6 +294,7 @@ class FitData:
     curves: tuple[tuple[np.ndarray, np.ndarray] | None, ...]
     conventions: dict[str, str]
     sources: tuple[str, ...]
+    loss_se: np.ndarray | None = None  # standard error of each final loss (NaN: unknown); None: none known
 
     def __len__(self) -> int:
         return len(self.names)
@@ -320,7 +321,8 @@ class FitData:
         return replace(
             self, names=pick(self.names), run_ids=pick(self.run_ids), sweeps=pick(self.sweeps),
             params=self.params[idx], tokens=self.tokens[idx], flops=self.flops[idx],
-            loss=self.loss[idx], budget=self.budget[idx], curves=pick(self.curves))
+            loss=self.loss[idx], budget=self.budget[idx], curves=pick(self.curves),
+            loss_se=None if self.loss_se is None else self.loss_se[idx])
 
     def match(self, keys: Sequence[str], flag: str = "--target") -> np.ndarray:
         """Points whose run name, run id or sweep (folder name or path) is one of ``keys``."""
@@ -341,8 +343,10 @@ def _concat(parts: list[FitData]) -> FitData:
     arr = lambda name: np.concatenate([getattr(p, name) for p in parts])  # noqa: E731
     keys = dict.fromkeys(k for p in parts for k in p.conventions)
     conv = {k: " + ".join(dict.fromkeys(p.conventions[k] for p in parts if k in p.conventions)) for k in keys}
+    se = [np.full(len(p), np.nan) if p.loss_se is None else p.loss_se for p in parts]
     return FitData(cat("names"), cat("run_ids"), cat("sweeps"), arr("params"), arr("tokens"),
-                   arr("flops"), arr("loss"), arr("budget"), cat("curves"), conv, cat("sources"))
+                   arr("flops"), arr("loss"), arr("budget"), cat("curves"), conv, cat("sources"),
+                   None if all(p.loss_se is None for p in parts) else np.concatenate(se))
 
 
 def _columns(path: Path) -> dict[str, list[Any]]:
@@ -464,7 +468,8 @@ def _load_sweep(folder: Path, params: str, flops: str) -> FitData:
     budget = np.array([r.get("budget_flops") or np.nan for r in rows], float)
     return FitData(names, tuple(r["run_id"] for r in rows), (folder.name,) * len(rows), N, D, fpt * D,
                    L, budget, tuple(curves), {"params": params, "flops": flops,
-                                              "flops_formula": flops_formula(params, flops)}, (str(folder),))
+                                              "flops_formula": flops_formula(params, flops)}, (str(folder),),
+                   np.array([np.nan if r.get("val_loss_se") is None else r["val_loss_se"] for r in rows], float))
 
 
 def load_points(sources: Sequence[str | os.PathLike[str]], *, params_convention: str = "total",
