@@ -89,7 +89,10 @@ class TuneRequest:
         return PlanRequest(budgets=(budget,), ladder=(size,), conventions=self.conventions, context=self.context,
                            vocab_size=self.vocab_size, aspect=self.aspect, head_dim=self.head_dim, gpu=self.gpu,
                            unique_tokens=self.unique_tokens, max_epochs=self.max_epochs, min_steps=self.min_steps,
-                           beta2=self.beta2)
+                           beta2=self.beta2,
+                           # The planner's guards keep fit points trustworthy; a tuning run is no fit
+                           # point, and the sizes tuned are the ones asked for.
+                           max_embedding_fraction=1.0, min_tokens_per_param=0.0)
 
 
 def _lr_name(lr: float) -> str:
