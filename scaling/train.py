@@ -422,7 +422,11 @@ def train(
             "peak_flops": peak,
             "resumed_from_step": None if branch_from else (step or None),
             "started_at": (info or {}).get("started_at", _now()) if step else _now(),
+            # This process's seconds in each eval (the last: the final one), in checkpoints, and on
+            # the host fetching batches (overlaps the GPU's work): benchmarks/sweep.py's breakdown.
+            "timing_s": {"evals": [], "checkpoint": 0.0, "data": 0.0},
         }
+        timing = record["timing_s"]
 
         def result(status: str, val: tuple[float, float | None, int] | None = None,
                    sig: str | None = None) -> RunResult:
@@ -441,6 +445,7 @@ def train(
 
         def save(status: str) -> None:
             """Flush metrics, then checkpoint (that order, so the rows a resume keeps exist)."""
+            t0 = time.perf_counter()
             loader_states = _gather_objects(batches.state_dict(), rt)
             rng_states = _gather_objects(_rng_state(), rt)
             if rt.master:
@@ -452,6 +457,7 @@ def train(
                                  ckpt_path)
                 if step in keep:
                     _keep_checkpoint(ckpt_path, step)
+            timing["checkpoint"] += time.perf_counter() - t0
             result(status)
 
         t_start = time.perf_counter()
@@ -484,7 +490,9 @@ def train(
                 # 2. micro-steps; DDP all-reduces gradients on the last one only
                 loss_sum = torch.zeros((), device=rt.device)
                 for micro in range(accum):
+                    t_batch = time.perf_counter()
                     x, y = batches.next()
+                    timing["data"] += time.perf_counter() - t_batch
                     no_sync = ddp.no_sync() if ddp is not None and micro < accum - 1 else contextlib.nullcontext()
                     with no_sync:
                         with rt.autocast():
@@ -533,6 +541,8 @@ def train(
                     val = (_evaluate(eval_model, cfg, rt, n_final, out_dir / EVAL_PARQUET) if last
                            else _evaluate(eval_model, cfg, rt, n_eval))
                 tokens = step * batch_tokens
+                if val is not None:  # since the loss sync above: the eval
+                    timing["evals"].append(time.perf_counter() - now)
                 if is_log or is_eval or bad is not None:
                     tok_s = (tokens - mark_tokens) / max(now - mark_time, 1e-9)
                     mfu = tok_s * fpt_attn / (peak * rt.world_size) if peak else None
