@@ -37,6 +37,8 @@ __all__ = [
     "SlurmConfig",
     "LaunchConfig",
     "SweepConfig",
+    "FINAL_EVAL_TOKENS",
+    "DIGEST_DEFAULTS",
     "atomic_write",
     "atomic_write_text",
     "parse_dotlist",
@@ -155,6 +157,24 @@ def _coerce(value: Any, tp: Any, path: str, errors: list[str]) -> Any:
     return None
 
 
+# The default cap of train.final_eval_tokens: 2**23 ≈ 8.4M tokens (all of val when that is smaller).
+# Precision, measured on Python source (whole files of every kind: a deliberately mixed corpus):
+# the committed results/chinchilla_small runs (GPT-2 BPE, context 1024) had a standard error of
+# 1.5-2.7% of their loss over 262,144 val tokens in 16 batches of consecutive windows, so 0.27-0.5%
+# at 2**23 tokens (as 1/√tokens); <= 0.2% on that corpus takes ~30M val tokens (a larger
+# --val-fraction and this field). The difference of two runs on the same windows is far more
+# precise: 0.002 nats paired against 0.04 unpaired (scaling.evaluation, benchmarks/eval_noise.py).
+# Cost: a forward pass is ~1/3 of a training step's FLOPs (2N against 6N per token), so the eval
+# costs what training on 2.8M tokens does: under 10% of any run with D/N >= 5 at C >= 1e15 FLOPs
+# (such a run trains on >= 5·√(C/30) = 29M tokens).
+FINAL_EVAL_TOKENS = 2**23
+
+# Fields added after sweeps were launched (and results committed), with their defaults. A run's id
+# is its name plus a digest of its config; a new field in the digest would give every run of an
+# old sweep a new id, so a relaunch would train them all again instead of finding them done.
+DIGEST_DEFAULTS: dict[str, Any] = {"train.final_eval_tokens": FINAL_EVAL_TOKENS}
+
+
 @dataclass
 class Config:
     """Base of every config: dict/YAML round-trip, dotted overrides, one validation walk."""
@@ -268,8 +288,20 @@ class Config:
         return type(self).from_dict(data)
 
     def digest(self) -> str:
-        """A stable 10-hex-digit id of this config's contents (same config → same id)."""
-        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        """A stable 10-hex-digit id of this config's contents (same config → same id).
+
+        A field of ``DIGEST_DEFAULTS`` at its default is left out, so ids made before it existed
+        stay the same.
+        """
+        data = self.to_dict()
+        for path, default in DIGEST_DEFAULTS.items():
+            *parents, leaf = path.split(".")
+            node: Any = data
+            for key in parents:
+                node = node.get(key) if isinstance(node, dict) else None
+            if isinstance(node, dict) and leaf in node and node[leaf] == default:
+                del node[leaf]
+        blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
@@ -394,10 +426,10 @@ class TrainConfig(Config):
     # val; the final eval scores the first final_eval_tokens (all of val when it is smaller), keeps
     # every window's loss in eval.parquet and gives the run's val_loss, its standard error and the
     # paired comparison of runs on the same data folder (scaling.evaluation). See
-    # scaling.evaluation.FINAL_EVAL_TOKENS for why 2**23.
+    # FINAL_EVAL_TOKENS for why 2**23.
     eval_interval: int = 100
     eval_tokens: int = 262144
-    final_eval_tokens: int = 2**23
+    final_eval_tokens: int = FINAL_EVAL_TOKENS
     log_interval: int = 10
     checkpoint_interval: int = 500
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"

@@ -9,9 +9,9 @@ losses is paired: the text's own difficulty cancels.
 
 - Interim evals (every ``train.eval_interval`` steps, the loss curve in metrics.parquet) score
   ``eval_windows(val, context, train.eval_tokens)`` windows: cheap.
-- The final eval scores ``eval_windows(val, context, train.final_eval_tokens)`` windows, at most
-  ``FINAL_EVAL_TOKENS`` by default, and keeps every window's summed loss in the run folder's
-  ``eval.parquet`` (``EVAL_SCHEMA``), written atomically before run.json says "done".
+- The final eval scores ``eval_windows(val, context, train.final_eval_tokens)`` windows (at most
+  ``scaling.config.FINAL_EVAL_TOKENS`` by default) and keeps every window's summed loss in the run
+  folder's ``eval.parquet`` (``EVAL_SCHEMA``), written atomically before run.json says "done".
 
 Standard errors are batch means (``batch_means_se``): the ``n`` windows, in order, go in batches
 of ``⌊√n⌋`` consecutive windows (the last one shorter), the batch size under which the batch-means
@@ -48,7 +48,6 @@ if TYPE_CHECKING:
 __all__ = [
     "EVAL_PARQUET",
     "EVAL_SCHEMA",
-    "FINAL_EVAL_TOKENS",
     "eval_windows",
     "score_windows",
     "write_eval",
@@ -71,15 +70,6 @@ EVAL_SCHEMA = pa.schema(
 )
 # eval.parquet's schema metadata holds val_sha256 (of the scored tokens: a paired comparison
 # checks it), data_path (the folder as the run named it) and context.
-
-# The default cap of the final eval, 2**23 ≈ 8.4M tokens (the whole val split when it is smaller).
-# Precision: the committed results/chinchilla_small runs (pysrc, GPT-2 BPE, context 1024) had a
-# standard error of 1.5-2.7% of their loss over 262,144 val tokens; at 1/√tokens that is 0.27-0.5%
-# at 2**23 tokens on that deliberately mixed corpus (whole Python files of every kind). Cost: a
-# forward pass is ~1/3 of a training step's FLOPs (2N vs 6N per token), so the eval costs what
-# training on 2.8M tokens does: under 10% of any run with D/N >= 5 at C >= 1e15 FLOPs (such a run
-# trains on >= 5·√(C/30) = 29M tokens).
-FINAL_EVAL_TOKENS = 2**23
 
 
 def eval_windows(val_tokens: int, context: int, max_tokens: int) -> int:

@@ -20,7 +20,8 @@ from test_train import ENV, free_port, make_cfg, write_toy_data
 from scaling.checkpoint import load_model
 from scaling.config import RunConfig
 from scaling.errors import FitError
-from scaling.evaluation import EVAL_SCHEMA, batch_means_se, eval_se, mean_se, paired_difference, read_eval, score_windows
+from scaling.evaluation import (EVAL_SCHEMA, batch_means_se, eval_se, mean_se, paired_difference, read_eval,
+                                score_windows)
 from scaling.results import load_points, read_metrics, read_run_json, run_row
 from scaling.train import RunResult, train
 
@@ -87,7 +88,8 @@ def test_final_eval_keeps_every_window_and_its_se_is_the_hand_count(runs: dict) 
     last = read_metrics(out / "metrics.parquet").to_pylist()[-1]
     assert (last["val_loss"], last["val_loss_se"]) == (result.val_loss, result.val_loss_se)
     row = run_row("a-id", "sw", cfg, out)
-    assert (row["val_loss"], row["val_loss_se"], row["val_tokens"]) == (result.val_loss, result.val_loss_se, n * CONTEXT)
+    assert (row["val_loss"], row["val_loss_se"], row["val_tokens"]) == (result.val_loss, result.val_loss_se,
+                                                                         n * CONTEXT)
 
 
 def test_runs_on_one_folder_score_the_same_windows_and_pair(runs: dict) -> None:
