@@ -21,7 +21,7 @@ from typing import Any, BinaryIO, Iterator, Literal, Sequence
 
 import numpy as np
 
-from scaling.config import atomic_write_text
+from scaling.config import atomic_write_text, writes_to
 from scaling.data import META_VERSION, SPLITS, Tokenizer, get_tokenizer, load_meta, token_dtype
 from scaling.download import TINYSTORIES_FILES, _tinystories_inputs
 from scaling.errors import ConfigError, DataError
@@ -148,7 +148,9 @@ def _tokenize_pass(inputs: list[_Input], opts: _DocOptions, tok: Tokenizer, val_
 
     with tqdm(unit="B", unit_scale=True, desc=f"tokenize ({tok.name})", disable=not progress, file=sys.stderr) as bar:
         for (split, metas, nbytes), (ids, status) in _ordered(pool, tasks(), window=2 * workers + 2):
-            ids.tofile(outs[split])
+            with writes_to(Path(outs[split].name).parent):
+                # write(), not ndarray.tofile: tofile's full-disk error carries no errno to name the cause.
+                outs[split].write(ids.tobytes())
             res.tokens[split] += int(ids.size)
             for (i, h, n), s in zip(metas, status.tolist()):
                 if s == _OK:
@@ -270,7 +272,8 @@ def prepare(source: Literal["tinystories", "text", "pysrc"], paths: Sequence[str
         return out
 
     created_dir = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
+    with writes_to(out):
+        out.mkdir(parents=True, exist_ok=True)
     tmp = {s: out / f".{s}.bin.{os.getpid()}.tmp" for s in SPLITS}
     pool = None
     try:
@@ -279,12 +282,16 @@ def prepare(source: Literal["tinystories", "text", "pysrc"], paths: Sequence[str
         pool = _make_pool(n_workers)
         forced: set[bytes] = set()
         while True:
-            with open(tmp["train"], "wb") as ftrain, open(tmp["val"], "wb") as fval:
+            with writes_to(out):
+                ftrain, fval = open(tmp["train"], "wb"), open(tmp["val"], "wb")
+            # A full disk surfaces at a write, the flush or the fsync: each names the folder (writes_to).
+            with ftrain, fval:
                 res = _tokenize_pass(inputs, opts, tok, val_fraction, forced, {"train": ftrain, "val": fval},
                                      pool, n_workers, progress)
-                for f in (ftrain, fval):
-                    f.flush()
-                    os.fsync(f.fileno())
+                with writes_to(out):
+                    for f in (ftrain, fval):
+                        f.flush()
+                        os.fsync(f.fileno())
             n_docs = res.documents["train"] + res.documents["val"]
             if split_rule["rule"] == "hash" and not res.documents["val"] and n_docs >= 2 and not forced:
                 forced = {res.min_train}  # type: ignore[arg-type]  # n_docs >= 2 means train is not empty
@@ -316,8 +323,9 @@ def prepare(source: Literal["tinystories", "text", "pysrc"], paths: Sequence[str
         }
         # Commit. meta.json goes first and comes back last: in between, the folder is not a dataset.
         (out / "meta.json").unlink(missing_ok=True)
-        for s in SPLITS:
-            os.replace(tmp[s], out / f"{s}.bin")
+        with writes_to(out):
+            for s in SPLITS:
+                os.replace(tmp[s], out / f"{s}.bin")
         atomic_write_text(out / "manifest.jsonl", "".join(json.dumps(f) + "\n" for f in files))
         atomic_write_text(out / "meta.json", json.dumps(meta, indent=1) + "\n")
     finally:
