@@ -262,7 +262,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one summary line from rank 0
         resume = (f"; re-run `{_same_command(args)}` to continue" if result.status == "interrupted"
                   else f"; {failure_advice(cfg, result.status)}" if result.status != "done" else "")
-        print(f"{cfg.name}: {result.status} at step {result.steps}/{cfg.steps}, val_loss {val}, "
+        # A failure's status names its own step ("failed: nan at step 3"): say where the run stopped apart.
+        at = f"(stopped at step {result.steps}/{cfg.steps})" if result.status.startswith("failed") \
+            else f"at step {result.steps}/{cfg.steps}"
+        print(f"{cfg.name}: {result.status} {at}, val_loss {val}, "
               f"{result.train_time_s:.1f} s -> {out}{resume}")
     if result.status == "done":
         return 0
