@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from scaling.config import RunConfig
+from scaling.config import RunConfig, writes_to
 from scaling.errors import LaunchError, ScalingError
 
 __all__ = [
@@ -102,17 +102,20 @@ def lock_holder_gone(out_dir: Path) -> bool:
 
 @contextlib.contextmanager
 def hold_lock(path: Path, what: str) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``path`` or raise LaunchError naming the holder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    """Hold an exclusive ``flock`` on ``path`` or raise LaunchError naming the holder (WriteError
+    when the lock file cannot be written, e.g. on a full disk)."""
+    with writes_to(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
             raise LaunchError(f"{what} is locked by {holder} ({path}); wait for it or stop it") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {os.uname().nodename}".encode(), 0)
+        with writes_to(path):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {os.uname().nodename}".encode(), 0)
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock
