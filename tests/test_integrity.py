@@ -281,6 +281,17 @@ def test_prepare_on_a_full_disk_is_one_line_and_leaves_no_token_file(tmp_path: P
     assert main(args) == 0 and (out / "meta.json").is_file()
 
 
+def test_a_relaunch_on_a_full_disk_is_one_line_naming_the_lock(data_dir: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """The first write of a (re)launch is its sweep lock's holder line."""
+    toy_sweep(data_dir, steps=30).save_yaml(tmp_path / "toy.yaml")
+    monkeypatch.setattr("scaling.executors.os.pwrite", no_space)
+    assert main(["launch", str(tmp_path / "toy.yaml"), "--results", str(tmp_path / "res"), "--no-progress"]) == 2
+    assert f"{tmp_path / 'res' / 'toy' / '.launch.lock'}: cannot write (No space left on device)" in \
+        one_line_error(capsys, "launch")
+
+
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Any:
     """A 512 KiB tmpfs (root only: where it cannot be mounted, the test is skipped)."""
