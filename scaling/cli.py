@@ -7,6 +7,8 @@ failures are ``ScalingError``s: they print one line naming the field and the fix
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 from typing import TYPE_CHECKING, Any, Callable, NoReturn
 
@@ -32,6 +34,8 @@ def _float_arg(flag: str, *, positive: bool = True) -> Callable[[str], float]:
             value = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{flag} must be a number like 1e18 (got {text!r})") from None
+        if not math.isfinite(value):  # 1e400 parses as inf
+            raise argparse.ArgumentTypeError(f"{flag} must be a finite number like 1e18 (got {text!r})")
         if positive and not value > 0:
             raise argparse.ArgumentTypeError(f"{flag} must be > 0 (got {text!r})")
         return value
@@ -313,6 +317,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: checkpointed on a signal; run the same command again to resume
 EXIT_CTRL_C = 130  # 128 + SIGINT, what shells report for a command stopped by Ctrl-C
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a command killed by a closed pipe exits with
 
 
 def _same_command(args: argparse.Namespace) -> str:
@@ -370,7 +375,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     from scaling import sample, train
     from scaling.errors import ConfigError
-    from scaling.executors import _flock
+    from scaling.executors import failure_advice, hold_lock
 
     cfg = _run_config(args.spec, args.overrides)
     if args.sanity:
@@ -384,7 +389,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("results") / "runs" / cfg.name
     # The run folder's lock, as a launched run holds it, so a run is never trained twice at once;
     # under torchrun rank 0 holds it for all ranks (they share the folder).
-    lock = _flock(out / ".run.lock", f"run {out.name}") if os.environ.get("RANK", "0") == "0" else nullcontext()
+    lock = hold_lock(out / ".run.lock", f"run {out.name}") if os.environ.get("RANK", "0") == "0" else nullcontext()
     with lock:
         result = train.train(cfg, out, verbose=not args.quiet)
     val = "n/a"
@@ -392,8 +397,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
         val = f"{result.val_loss:.4f} ± {result.val_loss_se or 0:.4f}" + (
             f" ({result.val_tokens:,} tokens)" if result.val_tokens else "")
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one summary line from rank 0
-        resume = f"; re-run `{_same_command(args)}` to continue" if result.status == "interrupted" else ""
-        print(f"{cfg.name}: {result.status} at step {result.steps}/{cfg.steps}, val_loss {val}, "
+        resume = (f"; re-run `{_same_command(args)}` to continue" if result.status == "interrupted"
+                  else f"; {failure_advice(cfg, result.status)}" if result.status != "done" else "")
+        # A failure's status names its own step ("failed: nan at step 3"): say where the run stopped apart.
+        at = f"(stopped at step {result.steps}/{cfg.steps})" if result.status.startswith("failed") \
+            else f"at step {result.steps}/{cfg.steps}"
+        print(f"{cfg.name}: {result.status} {at}, val_loss {val}, "
               f"{result.train_time_s:.1f} s -> {out}{resume}")
     if result.status == "done":
         return 0
@@ -681,7 +690,14 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     args.argv = sys.argv[1:] if argv is None else argv
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # here, so that a closed pipe is noticed while it can still be handled
+        return code
+    except BrokenPipeError:
+        # The reader left (`scaling predict ... --json | head`): not an error of ours. Point stdout
+        # at /dev/null so that the interpreter's own flush at exit does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except ScalingError as e:
         print(f"scaling {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE

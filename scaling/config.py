@@ -9,9 +9,12 @@ raising a single ``ConfigError`` — e.g. ``runs[3].model.d_model: must be divis
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import hashlib
 import json
+import math
 import os
 import re
 import tempfile
@@ -19,9 +22,9 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Literal, TypeVar
+from typing import Any, BinaryIO, Callable, Iterator, Literal, TypeVar
 
-from scaling.errors import ConfigError
+from scaling.errors import ConfigError, WriteError
 
 __all__ = [
     "Config",
@@ -41,6 +44,8 @@ __all__ = [
     "DIGEST_DEFAULTS",
     "atomic_write",
     "atomic_write_text",
+    "writes_to",
+    "name_problem",
     "parse_dotlist",
     "wsd_decay_start",
     "trunk_shares",
@@ -53,33 +58,73 @@ ParamsConvention = Literal["total", "non-embedding"]
 FlopsFormula = Literal["6nd", "6nd+attn"]
 
 
+# What each write failure means for the user, and what to do about it.
+_WRITE_FIXES = {
+    errno.ENOSPC: "the disk is full; free space there (df -h shows it) or write elsewhere",
+    errno.EDQUOT: "the disk quota is used up; free space or write elsewhere",
+    errno.EROFS: "the file system is read-only; write elsewhere",
+    errno.EACCES: "no permission to write there; fix the folder's permissions or write elsewhere",
+    errno.EPERM: "no permission to write there; fix the folder's permissions or write elsewhere",
+    errno.EFBIG: "the file is over the size limit (ulimit -f) or the file system's; raise it or write elsewhere",
+}
+
+
+@contextlib.contextmanager
+def writes_to(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Turn an OSError raised inside the block into a one-line ``WriteError`` naming ``path``, what
+    happened and the fix (the CLI prints it and exits 2). Wrap only writing in it: a read error
+    reported as a write error would send the user to the wrong file."""
+    try:
+        yield
+    except OSError as e:
+        fix = _WRITE_FIXES.get(e.errno or 0, "fix that, or write elsewhere")
+        raise WriteError(f"{path}: cannot write ({e.strerror or e}): {fix}; then run the same command again") from None
+
+
 def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], object]) -> None:
     """Call ``write(f)`` on a temp file in ``path``'s folder, fsync it, and rename it to ``path``.
 
     A reader (or a crash) never sees a half-written file: the rename is atomic on POSIX, and the
-    fsync first means a power loss cannot leave the rename on disk without the data.
+    fsync first means a power loss cannot leave the rename on disk without the data. A failed
+    write (a full disk) leaves the old file as it was and raises ``WriteError`` (``writes_to``).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        # mkstemp creates the file 0600; give it the mode a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with writes_to(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            # mkstemp creates the file 0600; give it the mode a plain open() would.
+            umask = os.umask(0)
+            os.umask(umask)
+            os.fchmod(fd, 0o666 & ~umask)
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     """``atomic_write`` of ``text`` as UTF-8."""
     atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def name_problem(name: str | None) -> str | None:
+    """Why ``name`` cannot be a run or sweep name, or None when it can.
+
+    A name becomes one folder (``results/<sweep>/<run>-<id>/``, ``results/runs/<name>/``), so it
+    must be one path component: not empty, no separator, not ``.`` or ``..``, no control character.
+    One rule for every entry point (train, launch, plan, the Python API), checked before anything
+    is written, so that no name can put files outside the results folder.
+    """
+    if not name:
+        return "must be a non-empty name"
+    if "/" in name or "\\" in name or name in (".", "..") or any(ord(c) < 32 for c in name):
+        return f"{name!r} must be one folder name (no '/' or '\\', not '.' or '..', no control characters)"
+    return None
 
 
 def _type_name(tp: Any) -> str:
@@ -140,14 +185,21 @@ def _coerce(value: Any, tp: Any, path: str, errors: list[str]) -> Any:
             except ValueError:
                 pass
     elif tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        # PyYAML (YAML 1.1) reads `1e18` as a string; accept it as the number it means.
-        if isinstance(value, str):
+            number = float(value)
+        elif isinstance(value, str):
+            # PyYAML (YAML 1.1) reads `1e18` as a string; accept it as the number it means.
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+        if number is not None:
+            # Refused here, where it enters, so no field's own check can miss one (inf > 0 holds).
+            if not math.isfinite(number):
+                errors.append(f"{path}: must be a finite number (got {value!r})")
+                return None
+            return number
     elif tp is str:
         if isinstance(value, str):
             return value
@@ -243,7 +295,10 @@ class Config:
         try:
             data = yaml.safe_load(p.read_text())
         except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+            mark = getattr(e, "problem_mark", None)
+            where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise ConfigError(f"{p}: not valid YAML ({where}{problem}); fix the file there") from None
         try:
             return cls.from_dict(data or {})
         except ConfigError as e:
@@ -521,8 +576,8 @@ class RunConfig(Config):
 
     def validate(self) -> list[str]:
         out = _positive(self, "steps")
-        if not self.name:
-            out.append("name: must be a non-empty run name")
+        if (problem := name_problem(self.name)) is not None:
+            out.append(f"name: {problem}")
         if self.train.schedule == "wsd-branch":
             out.append("train.schedule: wsd-branch is a sweep setting (SweepConfig.branches); a single run "
                        "uses wsd")
@@ -729,7 +784,7 @@ class SweepConfig(Config):
     branches: list[BranchGroup] = field(default_factory=list)
 
     def validate(self) -> list[str]:
-        out = [] if self.name else ["name: must be a non-empty sweep name"]
+        out = []
         if not self.runs and not self.branches:
             out.append("runs: must list at least one run (scaling plan --out writes them)")
         branching = self.train.schedule == "wsd-branch"
@@ -746,8 +801,8 @@ class SweepConfig(Config):
             out.append(f"runs: run names must be unique (repeated: {', '.join(dup)})")
         # Names become folders (results/<sweep>/<run>-<id>/): one path component each.
         for field_, name in (("name", self.name), *(("runs", n) for n in names)):
-            if name and ("/" in name or "\\" in name or name in (".", "..")):
-                out.append(f"{field_}: {name!r} must be one folder name (no '/', not '.' or '..')")
+            if (problem := name_problem(name)) is not None:
+                out.append(f"{field_}: {problem}")
         return out
 
     def merge(self, dotlist: list[str]) -> SweepConfig:

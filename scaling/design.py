@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from scaling.config import SweepConfig
 from scaling.errors import ConfigError
 from scaling.model import flops_per_token, n_params
 from scaling.plan import (Plan, PlanRequest, format_plan, locates_minimum, make_plan, parse_budgets, request_from_args,

@@ -6,7 +6,7 @@ and keeps its traceback.
 
 from __future__ import annotations
 
-__all__ = ["ScalingError", "ConfigError", "DataError", "TrainError", "LaunchError", "FitError"]
+__all__ = ["ScalingError", "ConfigError", "DataError", "TrainError", "LaunchError", "FitError", "WriteError"]
 
 
 class ScalingError(Exception):
@@ -31,3 +31,7 @@ class LaunchError(ScalingError):
 
 class FitError(ScalingError):
     """The data cannot support the requested fit (too few points, missing columns)."""
+
+
+class WriteError(ScalingError):
+    """A file could not be written (disk full, read-only file system, no permission)."""

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from scaling.config import RunConfig
+from scaling.config import RunConfig, writes_to
 from scaling.errors import LaunchError, ScalingError
 
 __all__ = [
@@ -33,6 +33,8 @@ __all__ = [
     "DebugExecutor",
     "execute",
     "run_state",
+    "failure_advice",
+    "hold_lock",
     "lock_holder_gone",
     "visible_devices",
 ]
@@ -71,6 +73,18 @@ def run_state(out_dir: Path) -> dict[str, Any]:
         return {"status": "unknown"}
 
 
+def failure_advice(cfg: RunConfig, status: str) -> str:
+    """What to do about a run that ended unfinished with ``status`` (its run.json status).
+
+    A NaN failure is not resumable: the relaunch resumes from the last checkpoint before the
+    divergence and, training is deterministic, diverges again. Anything else resumes.
+    """
+    if status.startswith("failed: nan"):
+        return (f"the loss diverged and a relaunch would diverge again from the same checkpoint: lower its "
+                f"lr_peak (now {cfg.train.lr_peak:g}) or check its data ({cfg.data.path}), then relaunch")
+    return "relaunch to resume from its last checkpoint"
+
+
 def lock_holder_gone(out_dir: Path) -> bool:
     """True when the run's lock names a process on this machine that no longer exists: a run
     whose run.json still says "running" then died without saying so (kill -9, a crash)."""
@@ -87,18 +101,21 @@ def lock_holder_gone(out_dir: Path) -> bool:
 
 
 @contextlib.contextmanager
-def _flock(path: Path, what: str) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``path`` or raise LaunchError naming the holder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+def hold_lock(path: Path, what: str) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` or raise LaunchError naming the holder (WriteError
+    when the lock file cannot be written, e.g. on a full disk)."""
+    with writes_to(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
             raise LaunchError(f"{what} is locked by {holder} ({path}); wait for it or stop it") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {os.uname().nodename}".encode(), 0)
+        with writes_to(path):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {os.uname().nodename}".encode(), 0)
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock
@@ -110,7 +127,7 @@ def execute(config_path: str | os.PathLike[str], out_dir: str | os.PathLike[str]
 
     out = Path(out_dir)
     cfg = RunConfig.from_yaml(config_path)
-    with _flock(out / ".run.lock", f"run {out.name}"):
+    with hold_lock(out / ".run.lock", f"run {out.name}"):
         return train(cfg, out)
 
 
@@ -124,6 +141,11 @@ class Job(abc.ABC):
     def done(self) -> bool:
         """True once the run's process or job has ended (whatever its outcome)."""
 
+    def ended_by(self) -> str | None:
+        """How the run's process ended when that says more than its run.json (a signal that
+        killed it), e.g. "was killed by SIGKILL (signal 9)"; None otherwise."""
+        return None
+
     def result(self, poll_s: float = 1.0) -> dict[str, Any]:
         """Wait for the run to end and return its ``run.json``.
 
@@ -135,10 +157,12 @@ class Job(abc.ABC):
         while not self.done():
             time.sleep(poll_s)
         state = run_state(self.task.out_dir)
-        if state.get("status") != "done":
+        status = str(state.get("status"))
+        if status != "done":
+            how = self.ended_by()
             raise LaunchError(
-                f"run {self.task.run_id} ended with status {state.get('status')!r}; "
-                f"see {self.log_path()} and relaunch to resume it"
+                f"run {self.task.run_id} ended with status {status!r}" + (f"; its process {how}" if how else "")
+                + f"; see {self.log_path()}; {failure_advice(self.task.config, status)}"
             )
         return state
 
@@ -247,6 +271,15 @@ class LocalExecutor(Executor):
 
         def done(self) -> bool:
             return self.proc is not None and self.proc.poll() is not None
+
+        def ended_by(self) -> str | None:
+            code = self.proc.poll() if self.proc is not None else None
+            if code is None or code >= 0:
+                return None
+            name = signal.Signals(-code).name if -code in signal.valid_signals() else "a signal"
+            # SIGKILL cannot be caught, so the trainer recorded nothing: say who sends it.
+            who = " (kill -9, or the kernel's out-of-memory killer)" if code == -signal.SIGKILL else ""
+            return f"was killed by {name} (signal {-code}){who}"
 
     def __init__(
         self,

@@ -25,6 +25,7 @@ end, ``launch`` deletes the trunk checkpoints no unfinished run needs (``drop_sp
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shlex
 import time
@@ -33,8 +34,8 @@ from typing import Any
 
 from scaling.config import RunConfig, SweepConfig
 from scaling.errors import ConfigError, LaunchError
-from scaling.executors import (DebugExecutor, Executor, Job, LocalExecutor, RunTask, _flock, lock_holder_gone,
-                               run_state)
+from scaling.executors import (DebugExecutor, Executor, Job, LocalExecutor, RunTask, failure_advice, hold_lock,
+                               lock_holder_gone, run_state)
 from scaling.slurm import SlurmExecutor
 
 __all__ = [
@@ -92,7 +93,7 @@ def drop_spent_checkpoints(tasks: list[RunTask]) -> list[Path]:
     evaluates (its LR never decayed). By default it is the last kept checkpoint itself (the trunk
     ends at its last branch point, and keeping is a hard link), so keeping it would keep those bytes.
     """
-    from scaling.results import branch_start_path, kept_checkpoint_path
+    from scaling.results import branch_start_path, checksum_path, kept_checkpoint_path
 
     unfinished = [t for t in tasks if run_state(t.out_dir).get("status") != "done"]
     needed = {branch_start_path(t.config, t.out_dir) for t in unfinished}  # the very paths a branch reads
@@ -109,6 +110,7 @@ def drop_spent_checkpoints(tasks: list[RunTask]) -> list[Path]:
             if path.is_file():
                 path.unlink(missing_ok=True)
                 dropped.append(path)
+            checksum_path(path).unlink(missing_ok=True)
     return dropped
 
 
@@ -154,7 +156,7 @@ def launch(
     tasks = sweep_tasks(sweep, results_root)
     root = Path(results_root) / sweep.name
     ex = executor or make_executor(sweep, root, None, None)
-    with _flock(root / ".launch.lock", f"sweep {sweep.name}"):
+    with hold_lock(root / ".launch.lock", f"sweep {sweep.name}"):
         sweep.save_yaml(root / "sweep.yaml")
         todo = [t for t in tasks if run_state(t.out_dir).get("status") != "done"]
         # Longest runs first: the sweep ends sooner when the big ones are not left for last.
@@ -166,6 +168,7 @@ def launch(
         logs: dict[str, Path] = {}
         pending: list[Job] = []
         orphans: dict[str, str] = {}
+        deaths: dict[str, str] = {}  # run id -> how its process was killed
         try:
             # Inside the try: the debug executor trains at submit time, so Ctrl-C can land here.
             pending = ex.submit_all([t for t in todo if t.ready])
@@ -182,6 +185,8 @@ def launch(
                 for j in finished:
                     pending.remove(j)
                     bar.update(1)
+                    if (how := j.ended_by()) is not None:
+                        deaths[j.task.run_id] = f"its process {how}"
                 if finished:
                     write_runs_table(root, tasks)
                     drop_spent_checkpoints(tasks)
@@ -217,23 +222,31 @@ def launch(
     if failed:
         first = failed[0]
         log = logs.get(first.run_id, first.out_dir / "log.txt")
-        raise LaunchError(
-            f"{len(failed)} run(s) did not finish; {first.run_id} ({run_state(first.out_dir).get('status')}): "
-            f"{orphans.get(first.run_id) or _last_line(log)} — see {log} and relaunch to resume"
-        )
+        status = str(run_state(first.out_dir).get("status"))
+        if first.run_id in orphans:  # says itself what to do
+            what, advice = orphans[first.run_id], ""
+        else:
+            what = deaths.get(first.run_id) or _last_line(log)
+            advice = f"; {failure_advice(first.config, status)}"
+        raise LaunchError(f"{len(failed)} run(s) did not finish; {first.run_id} ({status}): {what} — "
+                          f"see {log}{advice}")
     return states
 
 
 def progress(out_dir: Path) -> dict[str, Any]:
-    """The last logged row of a run's metrics.parquet (tokens, losses, speed), or {}."""
+    """The last logged row of a run's metrics.parquet (tokens, losses, speed), or {} when it has
+    none yet; ``{"damaged": reason}`` when the file is there but cannot be read."""
     import pyarrow as pa
 
     from scaling.results import read_metrics
 
     try:
         rows = read_metrics(out_dir / "metrics.parquet").to_pylist()
-    except (OSError, pa.ArrowException):  # not written yet
+    except FileNotFoundError:  # not written yet
         return {}
+    except (OSError, pa.ArrowException, KeyError):
+        # Written atomically, so a file that does not read was damaged after it was written.
+        return {"damaged": "metrics.parquet"}
     if not rows:
         return {}
     vals = [r["val_loss"] for r in rows if r["val_loss"] is not None]
@@ -259,6 +272,10 @@ def _running_summary(jobs: list[Job]) -> str:
     return ", ".join(parts)
 
 
+# Wide enough for "damaged: metrics.parquet"; longer statuses (failure reasons) are cut here.
+_STATUS_WIDTH = 24
+
+
 def format_status(sweep_dir: str | os.PathLike[str]) -> str:
     """The table ``scaling status results/<sweep>`` prints: one line per run."""
     root = Path(sweep_dir)
@@ -266,7 +283,8 @@ def format_status(sweep_dir: str | os.PathLike[str]) -> str:
     if not spec.is_file():
         raise LaunchError(f"{root}: no sweep.yaml here; give the results/<sweep> folder of a launched sweep")
     sweep = SweepConfig.from_yaml(spec)
-    tasks = sweep_tasks(sweep, root.parent)
+    # The runs are in this folder whatever it is called now and however it was named (`status .`).
+    tasks = [dataclasses.replace(t, out_dir=root / t.run_id) for t in sweep_tasks(sweep, root)]
     labels = _tree_labels(tasks)
     width = max(28, *map(len, labels.values()))
     rows: list[tuple[str, ...]] = []
@@ -277,19 +295,24 @@ def format_status(sweep_dir: str | os.PathLike[str]) -> str:
             status = f"waiting: step {t.config.lineage.start_step}"  # of its trunk, above it
         elif status == "running" and lock_holder_gone(t.out_dir):
             status = "died: relaunch resumes"  # its process is gone; the checkpoint is what is left
-        counts[status.split(":")[0]] = counts.get(status.split(":")[0], 0) + 1
         p = progress(t.out_dir)
         done = int(p.get("tokens") or 0)
+        if "damaged" in p:
+            # The finished run's record still counts its tokens; its curve is what is lost.
+            done = int((run_state(t.out_dir).get("result") or {}).get("tokens") or 0)
+            status = f"damaged: {p['damaged']}"
+        counts[status.split(":")[0]] = counts.get(status.split(":")[0], 0) + 1
         eta = ""
-        if status != "done" and p.get("tokens_per_s"):
+        if status == "running" and p.get("tokens_per_s"):  # a failed or stopped run has no ETA
             eta = _duration((t.config.tokens - done) / p["tokens_per_s"])
         loss = f"{p['train_loss']:.3f}" if p.get("train_loss") is not None else "-"
         val = f"{p['val_loss']:.3f}" if p.get("val_loss") is not None else "-"
-        rows.append((labels[t.run_id], status[:22], f"{done:,}/{t.config.tokens:,}", loss, val, eta))
+        rows.append((labels[t.run_id], status[:_STATUS_WIDTH], f"{done:,}/{t.config.tokens:,}", loss, val, eta))
     # The tokens column is as wide as its widest entry: billions of tokens need more than 21.
     tw = max(len("tokens done/planned"), *(len(r[2]) for r in rows)) if rows else 0
-    lines = [f"{'run':<{width}} {'status':<22} {'tokens done/planned':>{tw}} {'loss':>7} {'val':>7} {'ETA':>8}"]
-    lines += [f"{r:<{width}} {st:<22} {tok:>{tw}} {lo:>7} {va:>7} {eta:>8}" for r, st, tok, lo, va, eta in rows]
+    sw = _STATUS_WIDTH
+    lines = [f"{'run':<{width}} {'status':<{sw}} {'tokens done/planned':>{tw}} {'loss':>7} {'val':>7} {'ETA':>8}"]
+    lines += [f"{r:<{width}} {st:<{sw}} {tok:>{tw}} {lo:>7} {va:>7} {eta:>8}" for r, st, tok, lo, va, eta in rows]
     lines.append(", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
     return "\n".join(lines)
 

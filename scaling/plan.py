@@ -319,22 +319,34 @@ _CONVENTION_WHY = (
 
 
 def parse_budgets(text: str, flag: str = "--budgets") -> tuple[float, ...]:
-    """Parse ``1e16,3e16,1e17`` or a log range ``START:STOP:COUNT`` into numbers."""
+    """Parse ``1e16,3e16,1e17`` or a log range ``START:STOP:COUNT`` into numbers, each finite and > 0.
+
+    Raises
+    ------
+    ConfigError
+        Naming ``flag``: the text does not parse, or a value is not a finite number > 0.
+    """
     try:
         if ":" in text:
             start, stop, count = text.split(":")
-            lo, hi, n = float(start), float(stop), int(count)
-            if n < 1 or lo <= 0 or hi <= 0:
+            ends, n = (float(start), float(stop)), int(count)
+            if n < 1:
                 raise ValueError
-            if n == 1:
-                return (lo,)
-            return tuple(lo * (hi / lo) ** (i / (n - 1)) for i in range(n))
-        return tuple(float(x) for x in text.split(",") if x.strip())
+        else:
+            ends, n = tuple(float(x) for x in text.split(",") if x.strip()), 0
     except ValueError:
         raise ConfigError(
             f"{flag}: cannot read {text!r}; give a comma list (1e16,3e16,1e17) "
             "or a log range START:STOP:COUNT (1e16:1e18:5)"
         ) from None
+    bad = [v for v in ends if not 0 < v < math.inf]  # 0, negatives, nan, and 1e400 (= inf)
+    if bad:
+        raise ConfigError(f"{flag}: every value must be a finite number > 0 (got {', '.join(f'{v:g}' for v in bad)} "
+                          f"in {text!r})")
+    if not n:
+        return ends
+    lo, hi = ends
+    return (lo,) if n == 1 else tuple(lo * (hi / lo) ** (i / (n - 1)) for i in range(n))
 
 
 def _budget_tags(budgets: tuple[float, ...]) -> dict[float, str]:

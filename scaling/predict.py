@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from scaling.errors import ConfigError, FitError
+from scaling.errors import FitError
 from scaling.fit import FitResult, Objective, _check_ci, _interval, _json_safe, fit_approach3, log_prediction
 from scaling.laws import ParametricLaw, iso_flop_optimum
 

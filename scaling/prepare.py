@@ -23,7 +23,7 @@ from typing import Any, BinaryIO, Iterator, Literal, Sequence
 
 import numpy as np
 
-from scaling.config import atomic_write_text
+from scaling.config import atomic_write_text, writes_to
 from scaling.data import (META_VERSION, SPLITS, TOKENIZER_FILE, HFTokenizer, Tokenizer, bytes_per_token, get_tokenizer,
                           is_saved_tokenizer, load_hf_tokenizer, load_meta, parse_bpe_vocab, token_dtype,
                           tokenizer_record, tokenizers_module, train_bpe)
@@ -190,7 +190,9 @@ def _tokenize_pass(inputs: list[_Input], opts: _DocOptions, tok: Tokenizer, thre
 
     with tqdm(unit="B", unit_scale=True, desc=f"tokenize ({tok.name})", disable=not progress, file=sys.stderr) as bar:
         for (split, metas, nbytes), (ids, status) in _ordered(pool, tasks(), window=2 * workers + 2):
-            ids.tofile(outs[split])
+            with writes_to(Path(outs[split].name).parent):
+                # write(), not ndarray.tofile: tofile's full-disk error carries no errno to name the cause.
+                outs[split].write(ids.tobytes())
             res.tokens[split] += int(ids.size)
             for (i, h, n), s in zip(metas, status.tolist()):
                 if s == _OK:
@@ -342,7 +344,8 @@ def prepare(source: Literal["tinystories", "text", "pysrc"], paths: Sequence[str
         return out
 
     created_dir = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
+    with writes_to(out):
+        out.mkdir(parents=True, exist_ok=True)
     tmp = {s: out / f".{s}.bin.{os.getpid()}.tmp" for s in SPLITS}
     pool = None
     try:
@@ -366,12 +369,16 @@ def prepare(source: Literal["tinystories", "text", "pysrc"], paths: Sequence[str
                 tok = train_bpe(_train_texts(inputs, opts, threshold, forced), bpe_vocab, tokenizer)
                 train_s = round(time.perf_counter() - t0, 2)
             assert tok is not None
-            with open(tmp["train"], "wb") as ftrain, open(tmp["val"], "wb") as fval:
+            with writes_to(out):
+                ftrain, fval = open(tmp["train"], "wb"), open(tmp["val"], "wb")
+            # A full disk surfaces at a write, the flush or the fsync: each names the folder (writes_to).
+            with ftrain, fval:
                 res = _tokenize_pass(inputs, opts, tok, threshold, forced, {"train": ftrain, "val": fval},
                                      pool, n_workers, progress)
-                for f in (ftrain, fval):
-                    f.flush()
-                    os.fsync(f.fileno())
+                with writes_to(out):
+                    for f in (ftrain, fval):
+                        f.flush()
+                        os.fsync(f.fileno())
             n_docs = res.documents["train"] + res.documents["val"]
             if split_rule["rule"] == "hash" and not res.documents["val"] and n_docs >= 2 and not forced:
                 forced = {res.min_train}  # type: ignore[arg-type]  # n_docs >= 2 means train is not empty
@@ -409,8 +416,9 @@ def prepare(source: Literal["tinystories", "text", "pysrc"], paths: Sequence[str
                         bytes_per_token_gpt2={"val": _gpt2_bytes_per_token(tmp["val"], tok, res.text_bytes["val"])})
         # Commit. meta.json goes first and comes back last: in between, the folder is not a dataset.
         (out / "meta.json").unlink(missing_ok=True)
-        for s in SPLITS:
-            os.replace(tmp[s], out / f"{s}.bin")
+        with writes_to(out):
+            for s in SPLITS:
+                os.replace(tmp[s], out / f"{s}.bin")
         if isinstance(tok, HFTokenizer):
             atomic_write_text(out / TOKENIZER_FILE, tok.text)
         else:

@@ -8,6 +8,7 @@ Layout::
     results/<sweep>/<run_id>/metrics.parquet  one row per logged step (METRICS_SCHEMA)
     results/<sweep>/<run_id>/eval.parquet   the final eval's per-window losses (scaling.evaluation)
     results/<sweep>/<run_id>/checkpoint.pt  latest checkpoint (never committed)
+    results/<sweep>/<run_id>/checkpoint.pt.sha256  its checksum, checked before every load
     results/<sweep>/<run_id>/checkpoint_000800.pt  a trunk's checkpoint kept at a branch point
 
 A trunk's checkpoints (kept ones, then its checkpoint.pt) are deleted once the runs that may
@@ -57,6 +58,7 @@ __all__ = [
     "run_row",
     "write_runs_table",
     "kept_checkpoint_path",
+    "checksum_path",
     "branch_start_path",
     "FitData",
     "load_points",
@@ -195,6 +197,12 @@ def read_run_json(path: str | os.PathLike[str]) -> dict[str, Any] | None:
 def kept_checkpoint_path(run_dir: str | os.PathLike[str], step: int) -> Path:
     """Where a trunk keeps its checkpoint of ``step`` for the branches that start there."""
     return Path(run_dir) / f"checkpoint_{step:06d}.pt"
+
+
+def checksum_path(checkpoint: str | os.PathLike[str]) -> Path:
+    """The file beside a checkpoint that records its sha256 (``scaling.checkpoint``)."""
+    checkpoint = Path(checkpoint)
+    return checkpoint.with_name(checkpoint.name + ".sha256")
 
 
 def branch_start_path(cfg: RunConfig, run_dir: str | os.PathLike[str]) -> Path | None:

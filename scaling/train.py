@@ -44,8 +44,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from scaling.checkpoint import (CHECKPOINT, _branch_start, _check_branch_start, _check_same_run, _keep_checkpoint,
-                                _load_checkpoint, _rng_state, _save_checkpoint, _set_rng_state)
+from scaling.checkpoint import (CHECKPOINT, branch_start, check_branch_start, check_same_run, keep_checkpoint,
+                                load_checkpoint, rng_state, save_checkpoint, set_rng_state)
 from scaling.config import RunConfig, TrainConfig
 from scaling.data import TokenLoader, load_meta, tokenizer_record
 from scaling.errors import ConfigError, TrainError
@@ -336,7 +336,7 @@ def train(
     try:
         info = read_run_json(out_dir / RUN_JSON)
         if info is not None and info["status"] == "done":
-            _check_same_run(info["config"], cfg, out_dir / RUN_JSON)
+            check_same_run(info["config"], cfg, out_dir / RUN_JSON)
             log(f"{out_dir}: already done (val_loss {info['result']['val_loss']})")
             return RunResult(**info["result"])
 
@@ -356,15 +356,15 @@ def train(
         # --- model, optimizer (state from the checkpoint when resuming)
         ckpt_path = out_dir / CHECKPOINT
         # A branch's first start loads its trunk's checkpoint at the branch point, later ones its own.
-        branch_from = None if ckpt_path.is_file() else _branch_start(cfg, out_dir)
+        branch_from = None if ckpt_path.is_file() else branch_start(cfg, out_dir)
         source = branch_from or ckpt_path
         keep = set(cfg.lineage.keep_steps) if cfg.lineage else set()
-        ckpt = _load_checkpoint(source, rt.device) if source.is_file() else None
+        ckpt = load_checkpoint(source, rt.device) if source.is_file() else None
         if ckpt is not None:
             if branch_from is not None:
-                _check_branch_start(ckpt["config"], cfg, source, ckpt["step"])
+                check_branch_start(ckpt["config"], cfg, source, ckpt["step"])
             else:
-                _check_same_run(ckpt["config"], cfg, ckpt_path)
+                check_same_run(ckpt["config"], cfg, ckpt_path)
             if len(ckpt["loader"]) != rt.world_size:
                 raise TrainError(f"{source} was written by {len(ckpt['loader'])} processes; resume it with "
                                  f"the same number (torchrun --nproc_per_node {len(ckpt['loader'])})")
@@ -383,11 +383,11 @@ def train(
             optimizer.load_state_dict(ckpt["optimizer"])
             scaler.load_state_dict(ckpt["scaler"])
             loader.load_state_dict(ckpt["loader"][rt.rank])
-            _set_rng_state(ckpt["rng"][rt.rank])
+            set_rng_state(ckpt["rng"][rt.rank])
             step, loop = ckpt["step"], ckpt["loop"]
             del ckpt
             if rt.master and step in keep:
-                _keep_checkpoint(ckpt_path, step)  # a crash between saving and keeping it lost it
+                keep_checkpoint(ckpt_path, step)  # a crash between saving and keeping it lost it
         batches = _Prefetcher(loader, rt.device)
         model: torch.nn.Module = raw_model
         if rt.compile:
@@ -447,16 +447,16 @@ def train(
             """Flush metrics, then checkpoint (that order, so the rows a resume keeps exist)."""
             t0 = time.perf_counter()
             loader_states = _gather_objects(batches.state_dict(), rt)
-            rng_states = _gather_objects(_rng_state(), rt)
+            rng_states = _gather_objects(rng_state(), rt)
             if rt.master:
                 metrics.flush()
-                _save_checkpoint({"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
+                save_checkpoint({"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
                                   "scaler": scaler.state_dict(), "step": step, "loader": loader_states,
                                   "rng": rng_states, "loop": loop, "config": cfg.to_dict(),
                                   "data_meta": tokenizer_meta},
                                  ckpt_path)
                 if step in keep:
-                    _keep_checkpoint(ckpt_path, step)
+                    keep_checkpoint(ckpt_path, step)
             timing["checkpoint"] += time.perf_counter() - t0
             result(status)
 

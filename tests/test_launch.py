@@ -17,7 +17,7 @@ import torch
 
 from scaling.config import DataConfig, ModelConfig, SweepConfig, SweepPoint, TrainConfig
 from scaling.errors import LaunchError
-from scaling.executors import LocalExecutor, _flock, run_state
+from scaling.executors import LocalExecutor, hold_lock, run_state
 from scaling.launch import format_status, launch, sweep_tasks
 from scaling.prepare import prepare
 from scaling.results import RUNS_SCHEMA
@@ -163,7 +163,7 @@ def test_ctrl_c_checkpoints_the_running_runs_and_the_named_command_continues(dat
 
 def test_two_launches_of_one_sweep_are_refused(data_dir: Path, tmp_path: Path) -> None:
     sweep = tiny_sweep(data_dir)
-    with _flock(tmp_path / "tiny" / ".launch.lock", "sweep tiny"):
+    with hold_lock(tmp_path / "tiny" / ".launch.lock", "sweep tiny"):
         with pytest.raises(LaunchError, match="locked by pid"):
             launch(sweep, tmp_path, LocalExecutor(devices=["cpu"]), progress=False)
 
@@ -216,7 +216,7 @@ def test_bad_spec_and_missing_data_are_one_line_errors(data_dir: Path, tmp_path:
     (tmp_path / "afile").write_text("")
     for args, message in [
         (["--per-gpu", "-1"], "--per-gpu: must be >= 0 runs per GPU, 0 = auto by memory (got -1)"),  # it hung
-        (["name=a/b"], "name: 'a/b' must be one folder name (no '/', not '.' or '..')"),
+        (["name=a/b"], "name: 'a/b' must be one folder name (no '/'"),
         (["runs.1.name=.."], "runs: '..' must be one folder name"),
         (["train.lr_peak=1.0"], "train.lr_peak: each run of the sweep sets its own; override runs.N.lr_peak instead"),
         (["--results", str(tmp_path / "afile")], "is a file; give the results folder"),

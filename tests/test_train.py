@@ -336,7 +336,7 @@ def test_ddp_two_cpu_processes_train_the_planned_tokens(data_dir: Path, tmp_path
         (["model.d_model=62"], "d_model: must be divisible by n_head"),
         (["train.batch_size=12"], "batch_size: must be divisible by micro_batch_size"),
         (["data.path=/nonexistent/data"], "data folder /nonexistent/data"),
-        (["train.grad_clip=.nan"], "train.grad_clip: must be >= 0 (got nan)"),
+        (["train.grad_clip=.nan"], "train.grad_clip: must be a finite number (got nan)"),
         (["train.device=meta"], "train.device: must be auto, cpu, cuda or cuda:N (got 'meta')"),
         (["train.final_eval_tokens=0"], "train.final_eval_tokens: must be > 0 (got 0)"),
     ],
@@ -373,10 +373,10 @@ def test_cosine_with_one_update_after_warmup_ends_at_the_floor(data_dir: Path) -
 
 def test_scaling_train_will_not_train_a_run_another_process_holds(data_dir: Path, tmp_path: Path) -> None:
     """The CLI takes the run folder's lock as a launched run does, so one run never trains twice at once."""
-    from scaling.executors import _flock
+    from scaling.executors import hold_lock
 
     make_cfg(data_dir, steps=4).save_yaml(tmp_path / "run.yaml")
-    with _flock(tmp_path / "run" / ".run.lock", "run run"):
+    with hold_lock(tmp_path / "run" / ".run.lock", "run run"):
         out = run_cli("train", str(tmp_path / "run.yaml"), "--out", str(tmp_path / "run"), "--quiet")
     assert out.returncode == 2 and "run run is locked by pid" in out.stderr, out.stderr
     assert not (tmp_path / "run" / "metrics.parquet").exists()
