@@ -95,6 +95,9 @@ class TuneRequest:
                            max_embedding_fraction=1.0, min_tokens_per_param=0.0)
 
 
+_FINAL_EVAL_ONLY = 10**9  # eval_interval past any run's length: no interim evals
+
+
 def _lr_name(lr: float) -> str:
     return f"lr{lr:.3g}"
 
@@ -133,8 +136,10 @@ def tune_sweep(req: TuneRequest, name: str) -> tuple[SweepConfig, Plan]:
     lrs = sorted({float(f"{lr:.3g}") for lr in req.lrs})
     runs = [dataclasses.replace(r, name=f"{r.model.n_layer}x{r.model.d_model}_{_lr_name(lr)}", lr_peak=lr)
             for r in sweep.runs for lr in lrs]
-    # Only the final loss is used: one evaluation, at the end.
-    train = dataclasses.replace(sweep.train, eval_interval=max(r.steps for r in runs))
+    # Only the final loss is used: one evaluation, at the end (the trainer always evaluates its
+    # last step). A constant, not the longest run's steps: the interval is part of every run's id,
+    # and adding a size to --ladder must not rename (and so retrain) the runs already done.
+    train = dataclasses.replace(sweep.train, eval_interval=_FINAL_EVAL_ONLY)
     record = {"tune": "lr", "ladder": list(req.ladder), "lrs": lrs, "tokens_per_param": req.tokens_per_param,
               "beta2": req.beta2, "warmup_rule": WARMUP_RULE, "batch_rule": BATCH_RULE}
     return dataclasses.replace(sweep, runs=runs, train=train, plan=record).check(), plan

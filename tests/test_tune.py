@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from scaling.cli import main
 from scaling.config import Conventions
 from scaling.errors import ConfigError
 from scaling.executors import DebugExecutor
+from scaling.launch import sweep_tasks
 from scaling.plan import PlanRequest, format_plan, make_plan, to_sweep, warmup_capped
 from scaling.prepare import prepare
 from scaling.rules import DEFAULT_LR_RULE, load_lr_rule
@@ -175,7 +177,9 @@ def test_default_rule_is_the_old_formula_and_capped_warmup_is_marked() -> None:
     # so specs planned before rules existed keep their LRs and run ids.
     for n in (7_000_000, 45_213_184, 124_439_808, 1.3e9):
         assert DEFAULT_LR_RULE.lr_peak({"total": int(n), "non_embedding": 1}) == float(f"{6e-4 * (124e6 / n) ** 0.5:.3g}")
-    plan = make_plan(PlanRequest(budgets=(1e17,)))
+    # GPT-2's vocabulary at 1e17 FLOPs: the grid without the fit-point guards, so capped and
+    # uncapped points both occur.
+    plan = make_plan(PlanRequest(budgets=(1e17,), max_embedding_fraction=1.0, min_tokens_per_param=0.0))
     capped = [p for p in plan.points if warmup_capped(p)]
     for p in plan.points:
         rule = math.ceil(p.n_params_total / p.batch_tokens)  # N_total tokens in steps
@@ -187,3 +191,16 @@ def test_default_rule_is_the_old_formula_and_capped_warmup_is_marked() -> None:
     rows = {line.split()[0]: line for line in text.splitlines() if line.startswith("C1e17_")}
     assert len(rows) == len(plan.points)
     assert {name for name, line in rows.items() if "*" in line} == {p.name for p in capped}
+
+
+def test_adding_a_size_keeps_the_ids_of_the_runs_already_planned(study: dict[str, Path]) -> None:
+    # On the H200 (2026-12-04) a 4th --ladder size renamed the 15 runs of the first three, as the
+    # interim-eval interval followed the longest run: a re-run would have trained them again.
+    req = TuneRequest(ladder=(3e3, 1e4, 3e4), lrs=(3e-4, 3e-3, 3e-2), data=str(study["data"]), vocab_size=257,
+                      tokenizer="bytes", unique_tokens=1e9, tokens_per_param=5, min_steps=20,
+                      conventions=Conventions(params="non-embedding"), context=64, aspect=16, head_dim=16)
+    three, _ = tune_sweep(req, NAME)
+    four, _ = tune_sweep(dataclasses.replace(req, ladder=(*req.ladder, 1e5)), NAME)
+    ids = lambda sweep: {t.config.name: t.out_dir.name for t in sweep_tasks(sweep, study["results"])}  # noqa: E731
+    assert len(ids(four)) == len(ids(three)) + 3
+    assert ids(three).items() <= ids(four).items()
