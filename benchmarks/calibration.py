@@ -1,10 +1,10 @@
 """Known-truth calibration of the fitting method: coverage, prediction error and parameter bias.
 
-Synthetic sweeps on the planner's own grid (default: the reference study's budgets, 2e15, 6e15
-and 2e16 FLOPs, 5 sizes each, GPT-2 vocabulary) from Besiroglu et al. 2024's law (Eq. 3), with
-0.5% and 2% Gaussian noise in log L; each replicate is fitted as `scaling validate` fits
-(Approach 3, in-sweep cross-validation) and predicts the law's compute-optimal model at 3x the
-largest budget. Prints one row per (objective, noise): coverage of the 95% prediction interval
+Synthetic sweeps on the planner's own grid, guards on (default: the budgets `scaling plan
+--target-params 1e8 --vocab 8192` chooses, 3e15, 1e16 and 3e16 FLOPs, a 8,192-token vocabulary)
+from Besiroglu et al. 2024's law (Eq. 3), with 0.5% and 2% Gaussian noise in log L; each
+replicate is fitted as `scaling validate` fits (Approach 3, in-sweep cross-validation) and
+predicts the law's compute-optimal model at 10x the largest budget (the plan-for-a-target factor). Prints one row per (objective, noise): coverage of the 95% prediction interval
 (of the target's observed loss; of the noise-free law; and before cross-validation widened it),
 the prediction's mean and RMS relative error, the interval's median width, and the bias / RMS
 error of alpha, beta, E and a.
@@ -33,18 +33,18 @@ def main() -> int:
     ap.add_argument("--replicates", type=int, default=200)
     ap.add_argument("--losses", default="lsq,huber")
     ap.add_argument("--noise", default="0.005,0.02")
-    ap.add_argument("--budgets", default="2e15,6e15,2e16")
-    ap.add_argument("--sizes", type=int, default=5)
-    ap.add_argument("--target-factor", type=float, default=3.0, help="target compute / largest budget")
+    ap.add_argument("--budgets", default="3e15,1e16,3e16")
+    ap.add_argument("--vocab", type=int, default=8192)
+    ap.add_argument("--target-factor", type=float, default=10.0, help="target compute / largest budget")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None, help="also write every row as JSON here")
     args = ap.parse_args()
     budgets = [float(b) for b in args.budgets.split(",")]
-    N, D = planner_grid(budgets, sizes=args.sizes)
+    N, D = planner_grid(budgets, vocab_size=args.vocab)
     law = PUBLISHED_LAWS["epoch_approach3"]
     c_t = args.target_factor * max(budgets)
     n_t, d_t = law.optimal(c_t)
-    print(f"grid: {len(N)} planner points, budgets {args.budgets}, N {N.min():.3g}-{N.max():.3g}, "
+    print(f"grid: {len(N)} planner points, budgets {args.budgets}, vocab {args.vocab}, N {N.min():.3g}-{N.max():.3g}, "
           f"D/N {min(D / N):.2g}-{max(D / N):.3g}; law: {law.source}")
     print(f"target: compute-optimal at {c_t:.3g} FLOPs: N {n_t:.3g}, D {d_t:.3g}; {args.replicates} replicates")
     head = (f"{'objective':<10} {'noise':>6} {'usable':>7} {'cover':>6} {'truth':>6} {'raw':>6} {'kappa':>6} "
