@@ -614,3 +614,17 @@ def test_a_sweep_named_twice_is_read_once(tmp_path):
         data = load_points(sources)
         assert len(data) == len(once) + (1 if REFERENCE.parent in sources else 0), sources  # + the target run
         assert sorted(set(data.run_ids)) == sorted(data.run_ids)
+
+
+def test_cli_unknown_loss_is_one_line_and_the_objective_is_recorded(tmp_path, capsys):
+    data = isoflop_table(CHINCHILLA, np.geomspace(1e18, 1e21, 4), sizes=7)
+    table = write_csv(tmp_path / "t.csv", data)
+    for bad in ("l1", "huber:zero"):
+        code, _, err = _cli(capsys, "fit", str(table), "--approach", "3", "--loss", bad, "--bootstrap", "0")
+        assert code == 2 and err.count("\n") == 1 and "--loss" in err, err
+    code, out, _ = _cli(capsys, "fit", str(table), "--approach", "3", "--loss", "huber:0.01", "--bootstrap", "0",
+                        "--json", "--out", str(tmp_path))
+    assert code == 0
+    doc = json.loads((tmp_path / "fit.json").read_text())["fits"]["approach3"]["details"]
+    assert doc["loss"] == "huber" and doc["huber_delta"] == 0.01 and doc["objective"].startswith("Huber (delta 0.01)")
+    assert [f["fold"] for f in doc["cv"]["folds"]] == ["largest size", "largest budget"]
