@@ -61,13 +61,8 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:
                    help="fixed model sizes N for every budget instead of a grid around N_opt, e.g. 6e6,12e6,25e6,50e6")
     p.add_argument("--spread", type=_float_arg("--spread"), default=4.0,
                    help="grid spans N_opt/SPREAD .. N_opt*SPREAD (default 4)")
-    p.add_argument("--params", choices=["total", "non-embedding"], default="total",
-                   help="what N counts (default total, as Hoffmann et al. 2022)")
-    p.add_argument("--flops", choices=["6nd", "6nd+attn"], default="6nd", help="FLOP formula for C")
-    p.add_argument("--context", type=int, default=1024, help="sequence length T (default 1024)")
+    _add_shape_options(p)
     p.add_argument("--vocab", type=int, default=50257, help="vocabulary size (default 50257, GPT-2)")
-    p.add_argument("--aspect", type=int, default=64, help="target d_model/n_layer (default 64, as GPT-2 small)")
-    p.add_argument("--head-dim", type=int, default=64, help="attention head width (default 64)")
     p.add_argument("--center", default="chinchilla_approach3",
                    help=f"published law whose N_opt centres the grid: {', '.join(plan.PUBLISHED_LAWS)}")
     p.add_argument("--gpu", default="h100", help=f"GPU for time/cost estimates: {', '.join(plan.GPUS)}")
@@ -192,6 +187,16 @@ def _add_branching_options(p: argparse.ArgumentParser) -> None:
 # ----------------------------------------------------------------------------- tune-lr
 
 
+def _add_shape_options(p: argparse.ArgumentParser) -> None:
+    """The conventions and shape flags plan and tune-lr share (they plan runs the same way)."""
+    p.add_argument("--params", choices=["total", "non-embedding"], default="total",
+                   help="what N counts, in --ladder too (default total, as Hoffmann et al. 2022)")
+    p.add_argument("--flops", choices=["6nd", "6nd+attn"], default="6nd", help="FLOP formula for C")
+    p.add_argument("--context", type=int, default=1024, help="sequence length T (default 1024)")
+    p.add_argument("--aspect", type=int, default=64, help="target d_model/n_layer (default 64, as GPT-2 small)")
+    p.add_argument("--head-dim", type=int, default=64, help="attention head width (default 64)")
+
+
 def _add_tune_lr(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "tune-lr", help="short runs at >= 3 sizes x a log grid of peak LRs; fit LR*(N) = c·N^-k into a rule file",
@@ -207,12 +212,7 @@ def _add_tune_lr(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="rule file to write, e.g. rules/lr.yaml")
     p.add_argument("--tokens-per-param", type=_float_arg("--tokens-per-param"), default=20.0,
                    help="training tokens per parameter of each run, D/N (default 20, Chinchilla-optimal)")
-    p.add_argument("--params", choices=["total", "non-embedding"], default="total",
-                   help="what N counts, in --ladder and in the rule (default total)")
-    p.add_argument("--flops", choices=["6nd", "6nd+attn"], default="6nd", help="FLOP formula the batch rule reads")
-    p.add_argument("--context", type=int, default=1024, help="sequence length T (default 1024)")
-    p.add_argument("--aspect", type=int, default=64, help="target d_model/n_layer (default 64)")
-    p.add_argument("--head-dim", type=int, default=64, help="attention head width (default 64)")
+    _add_shape_options(p)
     p.add_argument("--beta2", type=_float_arg("--beta2", positive=False), default=0.95,
                    help="Adam β2 of every run, recorded in the rule (default 0.95)")
     p.add_argument("--min-steps", type=int, default=200, help="fewest optimizer steps per run (default 200)")
