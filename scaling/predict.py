@@ -42,6 +42,8 @@ class Prediction:
 
 def _included(fit: FitResult) -> str:
     """What a loss interval includes, in words."""
+    if "sigma" not in fit.details:
+        return "no interval: this fit predates linearized intervals; refit it with scaling fit"
     cv = fit.details.get("cv") or {}
     kappa = cv.get("kappa")
     widened = (f", widened x{kappa:.2f} by in-sweep cross-validation ({cv['n_held']} held-out runs "

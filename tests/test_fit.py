@@ -610,9 +610,11 @@ def test_a_sweep_named_twice_is_read_once(tmp_path):
     """`scaling fit results/ results/mine` must not count mine's runs twice: duplicated runs would
     narrow every interval as if they were independent."""
     once = load_points([REFERENCE])
+    others = sum(len(load_points([p.parent])) for p in REFERENCE.parent.glob("*/runs.parquet") if p.parent != REFERENCE)
+    assert others >= 1  # the target run, at least
     for sources in ([REFERENCE, REFERENCE], [REFERENCE.parent, REFERENCE], [REFERENCE / "runs.parquet", REFERENCE]):
         data = load_points(sources)
-        assert len(data) == len(once) + (1 if REFERENCE.parent in sources else 0), sources  # + the target run
+        assert len(data) == len(once) + (others if REFERENCE.parent in sources else 0), sources
         assert sorted(set(data.run_ids)) == sorted(data.run_ids)
 
 
@@ -628,3 +630,18 @@ def test_cli_unknown_loss_is_one_line_and_the_objective_is_recorded(tmp_path, ca
     doc = json.loads((tmp_path / "fit.json").read_text())["fits"]["approach3"]["details"]
     assert doc["loss"] == "huber" and doc["huber_delta"] == 0.01 and doc["objective"].startswith("Huber (delta 0.01)")
     assert [f["fold"] for f in doc["cv"]["folds"]] == ["largest size", "largest budget"]
+
+
+def test_predict_from_a_fit_json_written_before_linearized_intervals(tmp_path, capsys):
+    # fit.json files written before issue #16 have no theta/cov/sigma: predictions still work, and
+    # say that the interval needs a refit (the committed reference fit was such a file).
+    data = isoflop_table(CHINCHILLA, np.geomspace(1e18, 1e21, 4), sizes=7)
+    fits, skipped = F.fit_all(data, "3", n_bootstrap=10, grid=SMALL_GRID)
+    path = F.save_fits(tmp_path / "fit.json", fits, skipped, data)
+    doc = json.loads(path.read_text())
+    for key in ("theta", "cov", "sigma", "dof", "cv"):
+        del doc["fits"]["approach3"]["details"][key]
+    path.write_text(json.dumps(doc))
+    for args in (["--flops", "1e22"], ["--params", "1e9", "--tokens", "2e10"]):
+        code, out, err = _cli(capsys, "predict", "--fit", str(path), *args)
+        assert code == 0 and err == "" and "refit it with scaling fit" in out, (out, err)

@@ -91,7 +91,7 @@ def test_every_entry_point_shares_the_name_rule(data_dir: Path, tmp_path: Path,
         with pytest.raises(ConfigError, match="runs: .* must be one folder name"):
             SweepConfig(name="s", data=DataConfig(str(data_dir)), runs=[SweepPoint(name=name, **point)]).check()
     # plan: refused before the spec is written
-    assert main(["plan", "--budget", "1e16", "--name", "../x", "--out", str(tmp_path / "s.yaml")]) == 2
+    assert main(["plan", "--budget", "1e16", "--vocab", "8192", "--name", "../x", "--out", str(tmp_path / "s.yaml")]) == 2
     assert "name: '../x' must be one folder name" in one_line_error(capsys, "plan")
     # launch: refused before the results folder is made
     spec = tmp_path / "ok.yaml"
